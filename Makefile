@@ -1,0 +1,35 @@
+# Two commands for a fresh machine (Python 3.11+, pip, make):
+#   make quickstart   set everything up and label the sample photos in samples/
+#   make test         run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: quickstart setup test lint bench clean
+
+quickstart: setup
+	$(BIN)/imclass predict samples --top-k 3 --output samples-predictions.csv --overwrite
+	@echo; echo "Predictions written to samples-predictions.csv"; \
+	$(BIN)/python -c "import csv; [print(f\"{r['path']:<32} {r['label']:<24} {float(r['score']):.2f}\") for r in csv.DictReader(open('samples-predictions.csv'))]"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c "import sys; assert sys.version_info >= (3, 11), 'imclass needs Python 3.11+'"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+bench: setup
+	$(BIN)/python bench/predict.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache samples-predictions.csv

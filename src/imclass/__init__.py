@@ -1,0 +1,61 @@
+"""imclass: label image libraries offline, learn your own classes, ship the result.
+
+>>> import imclass
+>>> clf = imclass.load()                      # embedded ImageNet model, offline
+>>> [p.label for p in clf.predict("photos/")] # a folder, paths or PIL images
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Classifier",
+    "ImageLoadError",
+    "ImclassError",
+    "LabelSummary",
+    "ModelNotFoundError",
+    "Prediction",
+    "Preprocess",
+    "__version__",
+    "label_library",
+    "load",
+    "load_image",
+]
+
+_LAZY = {
+    "Classifier": ".classifier",
+    "Prediction": ".prediction",
+    "Preprocess": ".preprocess",
+    "label_library": ".labelling",
+    "LabelSummary": ".labelling",
+    "load_image": ".images",
+    "ImclassError": ".errors",
+    "ImageLoadError": ".errors",
+    "ModelNotFoundError": ".errors",
+}
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
+    from .errors import ImageLoadError, ImclassError, ModelNotFoundError
+    from .images import load_image
+    from .labelling import LabelSummary, label_library
+    from .prediction import Prediction
+    from .preprocess import Preprocess
+
+
+def load(name: str = "default", device: str = "auto", threads: int | None = None) -> Classifier:
+    """Load a classifier: ``default`` (embedded ImageNet model), a bundle folder, ``hf:<id>``, a timm name."""
+    from .classifier import Classifier
+
+    return Classifier.load(name, device=device, threads=threads)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'imclass' has no attribute {name!r}")

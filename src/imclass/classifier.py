@@ -1,0 +1,155 @@
+"""``Classifier``: a model, its labels and preprocessing, and the one way to run it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .engine.backends import TorchBackend, default_threads
+from .engine.pipeline import run_batches
+from .engine.sources import iter_image_paths
+from .images import DEFAULT_MAX_PIXELS, load_image
+from .models.spec import ModelSpec
+from .prediction import Prediction, decide, probabilities
+
+
+class Classifier:
+    """An image classifier: backbone + head + labels + preprocessing (+ calibration, thresholds).
+
+    >>> clf = imclass.load("default")
+    >>> clf.predict(["cat.jpg"], top_k=3)[0].label
+    'tabby'
+    """
+
+    def __init__(self, model, spec: ModelSpec, device: str = "auto", threads: int | None = None):
+        self.model = model
+        self.spec = spec
+        self.device = device
+        self.threads = threads
+        self._backend = None
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name: str | os.PathLike = "default", device: str = "auto",
+             threads: int | None = None) -> Classifier:
+        """Load a model by name: ``default``, a bundle directory, ``hf:<id>``, a timm name, ..."""
+        from .models.registry import resolve
+
+        model, spec = resolve(name)
+        return cls(model, spec, device=device, threads=threads)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a bundle directory (``model.safetensors`` + ``imclass.json``)."""
+        from .models.bundle import save_bundle
+
+        return save_bundle(self.model.cpu(), self.spec, path)
+
+    # ---- facts --------------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return self.spec.labels
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = TorchBackend(self.model, self.spec.preprocess, device=self.device,
+                                         threads=self.threads)
+        return self._backend
+
+    def __repr__(self) -> str:
+        return (f"Classifier({self.spec.model_id}, {self.spec.num_classes} labels, "
+                f"task={self.spec.task}, source={self.spec.source!r})")
+
+    # ---- prediction ---------------------------------------------------------------------------
+    def decode(self, item: Any) -> np.ndarray:
+        """One image (path, bytes, stream or PIL image) -> ``uint8`` model-input array."""
+        pre = self.spec.preprocess
+        img = load_image(item, draft_size=pre.draft_size(), max_pixels=DEFAULT_MAX_PIXELS)
+        return pre.to_array(img)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """``uint8`` NHWC batch -> raw logits."""
+        return self.backend(batch)
+
+    def predict_iter(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
+                     batch_size: int = 32, workers: int | None = None,
+                     reject_unknown: bool = True) -> Iterator[list[Prediction]]:
+        """Stream predictions batch by batch. ``images``: paths, folders, PIL images or bytes."""
+        items = _expand(images)
+        yield from run_batches(
+            items,
+            decode=self.decode,
+            infer=lambda batch, names: decide(
+                probabilities(self.logits(batch), self.spec), names, self.spec, top_k, reject_unknown),
+            name_of=_name_of,
+            batch_size=batch_size,
+            workers=default_workers() if workers is None else workers,
+        )
+
+    def predict(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
+                batch_size: int = 32, workers: int | None = None,
+                reject_unknown: bool = True) -> list[Prediction]:
+        """Predict a list of images (or a folder). Unreadable images give rows with ``error`` set."""
+        out: list[Prediction] = []
+        for batch in self.predict_iter(images, top_k=top_k, batch_size=batch_size, workers=workers,
+                                       reject_unknown=reject_unknown):
+            out.extend(batch)
+        return out
+
+    def predict_proba(self, images: Iterable[Any], *, batch_size: int = 32,
+                      workers: int | None = None) -> np.ndarray:
+        """Calibrated probabilities ``(N, classes)``; rows of unreadable images are NaN."""
+        rows: list[np.ndarray] = []
+        nan = np.full(self.spec.num_classes, np.nan)
+
+        def infer(batch: np.ndarray, names: list[str]) -> list[Prediction]:
+            probs = probabilities(self.logits(batch), self.spec)
+            return [_ProbRow(n, p) for n, p in zip(names, probs)]
+
+        for batch in run_batches(_expand(images), decode=self.decode, infer=infer, name_of=_name_of,
+                                 batch_size=batch_size,
+                                 workers=default_workers() if workers is None else workers):
+            rows.extend(p.probs if isinstance(p, _ProbRow) else nan for p in batch)
+        return np.stack(rows) if rows else np.zeros((0, self.spec.num_classes))
+
+
+def default_workers() -> int:
+    """Decode threads: as many as cores (inference threads release the GIL)."""
+    return max(2, min(8, default_threads()))
+
+
+def _expand(images: Iterable[Any] | str | os.PathLike) -> Iterable[Any]:
+    if isinstance(images, (str, os.PathLike)):
+        return iter_image_paths([images])
+    if isinstance(images, (Image.Image, bytes)):
+        return [images]
+    return _expand_each(images)
+
+
+def _expand_each(images: Iterable[Any]) -> Iterator[Any]:
+    for im in images:
+        if isinstance(im, (str, os.PathLike)) and os.path.isdir(im):
+            yield from iter_image_paths([im])
+        else:
+            yield im
+
+
+def _name_of(item: Any) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", "") or "<PIL image>"
+    if isinstance(item, bytes):
+        return "<bytes>"
+    return getattr(item, "name", "<stream>")
+
+
+class _ProbRow(Prediction):
+    def __init__(self, path: str, probs: np.ndarray):
+        super().__init__(path)
+        self.probs = probs

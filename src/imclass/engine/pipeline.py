@@ -1,0 +1,92 @@
+"""Decode in a small thread pool, infer in fixed-size batches, yield results in input order.
+
+Pillow releases the GIL while decoding and resizing, so threads overlap decode with inference
+without copying pixels between processes. At most ``prefetch`` images are decoded ahead, so memory
+stays flat whatever the size of the library.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageLoadError
+from ..prediction import Prediction
+
+Decoded = tuple[str, "np.ndarray | None", "str | None"]  # (name, uint8 HWC or None, error)
+
+
+def run_batches(
+    items: Iterable[Any],
+    *,
+    decode: Callable[[Any], np.ndarray],
+    infer: Callable[[np.ndarray, list[str]], list[Prediction]],
+    name_of: Callable[[Any], str],
+    batch_size: int = 32,
+    workers: int = 2,
+) -> Iterator[list[Prediction]]:
+    """Yield one list of predictions per input chunk of ``batch_size`` items, in input order.
+
+    ``decode`` raises :class:`ImageLoadError` (or any exception) for unreadable items; those become
+    error rows and never stop the run.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+
+    def job(item: Any) -> Decoded:
+        name = name_of(item)
+        try:
+            return name, decode(item), None
+        except ImageLoadError as e:
+            return name, None, e.reason
+        except Exception as e:
+            return name, None, f"{e.__class__.__name__}: {e}"
+
+    def chunks(results: Iterator[Decoded]) -> Iterator[list[Prediction]]:
+        buf: list[Decoded] = []
+        for r in results:
+            buf.append(r)
+            if len(buf) == batch_size:
+                yield _infer_chunk(buf, infer)
+                buf = []
+        if buf:
+            yield _infer_chunk(buf, infer)
+
+    if workers <= 0:
+        yield from chunks(job(it) for it in items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imclass-decode") as pool:
+        yield from chunks(_ordered(pool, job, items, prefetch=batch_size * 2 + workers))
+
+
+def _ordered(pool: ThreadPoolExecutor, fn: Callable, items: Iterable[Any], prefetch: int) -> Iterator:
+    pending: deque[Future] = deque()
+    it = iter(items)
+    try:
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= prefetch:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
+def _infer_chunk(buf: list[Decoded], infer) -> list[Prediction]:
+    good = [(i, arr) for i, (_, arr, _) in enumerate(buf) if arr is not None]
+    out: list[Prediction | None] = [None] * len(buf)
+    if good:
+        batch = np.stack([a for _, a in good])
+        preds = infer(batch, [buf[i][0] for i, _ in good])
+        for (i, _), p in zip(good, preds):
+            out[i] = p
+    for i, (name, arr, err) in enumerate(buf):
+        if arr is None:
+            out[i] = Prediction(name, error=err)
+    return out  # type: ignore[return-value]

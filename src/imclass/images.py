@@ -1,0 +1,188 @@
+"""The one safe image loader.
+
+Every part of imclass (prediction, training, audit, serving) reads pixels through
+:func:`load_image`. It never returns a half-decoded image: anything it cannot read correctly raises
+:class:`~imclass.errors.ImageLoadError` with a short reason, which batch code turns into an error row.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import ImageLoadError
+
+#: Extensions (lower case) picked up when walking folders. Files named explicitly are always tried.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp",
+     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k"}
+)
+#: Pillow's own decompression-bomb limit (~89.5 megapixels); larger images are refused.
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+
+# Truncated files must fail, never be silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def load_image(
+    src: ImageSource,
+    *,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Read one image as an 8-bit RGB PIL image, upright.
+
+    - EXIF orientation is applied; the first frame of animations is used.
+    - Grey, palette, CMYK (ICC-aware), 16-bit and float images are converted to 8-bit RGB;
+      transparency is composited over ``background``.
+    - ``draft_size`` lets JPEGs decode at 1/2, 1/4 or 1/8 scale while staying >= that size.
+    - Images over ``max_pixels`` are refused before decoding (decompression-bomb guard).
+
+    Raises :class:`ImageLoadError` for anything unreadable.
+    """
+    name = _describe(src)
+    if isinstance(src, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(src), background, name)
+    try:
+        fp = _open_source(src, name)
+    except ImageLoadError:
+        raise
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+        with img:
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageLoadError(name, f"invalid image dimensions {w}x{h}")
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageLoadError(
+                    name, f"image too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the "
+                    f"{max_pixels / 1e6:.0f} MP limit (decompression-bomb guard)")
+            if getattr(img, "is_animated", False):
+                img.seek(0)
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("RGB", draft_size)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return _to_rgb(upright, background, name)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(name, f"image too large (decompression-bomb guard): {e}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image (unrecognised file format)") from None
+    except OSError as e:
+        msg = str(e) or e.__class__.__name__
+        if "truncated" in msg.lower():
+            msg = "truncated or corrupt image data"
+        raise ImageLoadError(name, f"corrupt image: {msg}") from None
+    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
+        raise ImageLoadError(name, f"corrupt image: {e.__class__.__name__}: {e}") from None
+    except MemoryError:
+        raise ImageLoadError(name, "out of memory while decoding") from None
+    finally:
+        if not isinstance(src, (Image.Image,)) and fp is not src:
+            fp.close()
+
+
+def _describe(src: ImageSource) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, Image.Image):
+        return getattr(src, "filename", "") or "<PIL image>"
+    if isinstance(src, bytes):
+        return "<bytes>"
+    return getattr(src, "name", "<stream>")
+
+
+def _open_source(src: ImageSource, name: str) -> BinaryIO:
+    if isinstance(src, bytes):
+        if not src:
+            raise ImageLoadError(name, "empty file (0 bytes)")
+        return io.BytesIO(src)
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            reason = "broken symlink" if path.is_symlink() else "file not found"
+            raise ImageLoadError(name, reason) from None
+        except OSError as e:
+            raise ImageLoadError(name, f"cannot access file: {e.strerror or e}") from None
+        if path.is_dir():
+            raise ImageLoadError(name, "is a directory, not an image file")
+        if st.st_size == 0:
+            raise ImageLoadError(name, "empty file (0 bytes)")
+        try:
+            return open(path, "rb")
+        except PermissionError:
+            raise ImageLoadError(name, "permission denied") from None
+        except OSError as e:
+            raise ImageLoadError(name, f"cannot open file: {e.strerror or e}") from None
+    return src  # a binary stream owned by the caller
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int], name: str) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "CMYK":
+        return _cmyk_to_rgb(img)
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_high_depth_to_uint8(img, mode)).convert("RGB")
+    if mode == "P" or mode == "PA":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ImageLoadError(name, f"unsupported colour mode {mode!r}: {e}") from None
+
+
+def _high_depth_to_uint8(img: Image.Image, mode: str) -> np.ndarray:
+    arr = np.asarray(img)
+    if mode == "F":
+        arr = arr.astype(np.float64)
+        hi = float(np.nanmax(arr)) if arr.size else 1.0
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(arr) * scale, 0, 255).astype(np.uint8)
+    arr = arr.astype(np.int64)
+    # 16-bit data (PNG, TIFF) is scaled by 65535 -> 255; 'I' images with 8-bit content stay as is.
+    if mode.startswith("I;16") or (arr.size and arr.max() > 255):
+        return np.clip(arr // 257, 0, 255).astype(np.uint8)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+_SRGB = None
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    global _SRGB
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            if _SRGB is None:
+                _SRGB = ImageCms.createProfile("sRGB")
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, src, _SRGB, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken profile falls back to the plain conversion
+    return img.convert("RGB")

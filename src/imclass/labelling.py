@@ -1,0 +1,118 @@
+"""Label a whole library: sources -> engine -> output file (+ optional sorting). Used by every face."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .classifier import Classifier
+from .engine.sinks import Sink, open_sink
+from .engine.sorting import Sorter
+from .engine.sources import count_image_paths, iter_image_paths, validate_sources
+from .errors import ImclassError
+from .prediction import Prediction
+
+
+@dataclass
+class LabelSummary:
+    """What a labelling run did. ``errors`` counts error rows in the whole output (resumed ones too)."""
+
+    processed: int = 0
+    skipped: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    output: str | None = None
+    label_counts: Counter = field(default_factory=Counter)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+def label_library(
+    sources: Sequence[str | os.PathLike],
+    *,
+    model: str | Classifier = "default",
+    output: str | os.PathLike | None = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+    workers: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    sort_into: str | os.PathLike | None = None,
+    sort_mode: str = "copy",
+    on_total: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[list[Prediction]], None] | None = None,
+) -> LabelSummary:
+    """Classify every image under ``sources`` and stream rows to ``output`` (csv/jsonl/json/parquet).
+
+    ``on_total(total, already_done)`` is called from a helper thread once the library is counted;
+    ``on_batch`` after every written batch. Interrupted runs continue with ``resume=True``: every
+    image appears exactly once in the output.
+    """
+    if not sources:
+        raise ImclassError("no sources given: pass image files or folders")
+    missing = validate_sources(sources)
+    if missing:
+        raise ImclassError(f"no such file or folder: {', '.join(missing[:5])}")
+    if top_k < 1:
+        raise ImclassError("--top-k must be >= 1")
+    if batch_size < 1:
+        raise ImclassError("--batch-size must be >= 1")
+    if resume and output is None:
+        raise ImclassError("--resume needs --output (the file to continue)")
+    if sort_into is not None:
+        _check_sort_target(sources, sort_into)
+
+    sink: Sink | None = open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite) if output else None
+    clf = model if isinstance(model, Classifier) else Classifier.load(model)
+    sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
+    done = sink.done if sink else set()
+    summary = LabelSummary(skipped=len(done), errors=sink.errors_before if sink else 0,
+                           output=os.fspath(output) if output else None)
+
+    if on_total is not None:
+        threading.Thread(target=lambda: on_total(count_image_paths(sources), len(done)),
+                         daemon=True, name="imclass-count").start()
+
+    todo = (p for p in iter_image_paths(sources) if p not in done)
+    t0 = time.perf_counter()
+    try:
+        for preds in clf.predict_iter(todo, top_k=top_k, batch_size=batch_size, workers=workers):
+            if sorter is not None:
+                for p in preds:
+                    sorter.place(p)
+            if sink is not None:
+                sink.write(preds)
+            summary.processed += len(preds)
+            for p in preds:
+                if p.error:
+                    summary.errors += 1
+                else:
+                    summary.label_counts[p.label] += 1
+            if on_batch is not None:
+                on_batch(preds)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - t0
+    if sink is not None:
+        sink.close()
+    return summary
+
+
+def _check_sort_target(sources: Sequence[str | os.PathLike], target: str | os.PathLike) -> None:
+    t = Path(target).resolve()
+    for s in sources:
+        s = Path(s).resolve()
+        if s.is_dir() and (t == s or s in t.parents):
+            raise ImclassError(
+                f"--sort-into {target} lies inside the source folder {s}: sorted copies would be "
+                "labelled again; choose a folder outside the sources")

@@ -1,0 +1,1 @@
+"""Model resolution, the embedded default model and the bundle format."""

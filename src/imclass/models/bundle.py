@@ -1,0 +1,142 @@
+"""The model bundle: a directory with ``model.safetensors`` and ``imclass.json``. No pickle.
+
+Manifest keys (``format_version`` 1)::
+
+    format, format_version, architecture, labels, task, preprocess,
+    calibration {temperature}, thresholds {labels, unknown}, provenance, training, metrics,
+    versions {imclass, torch, timm, ...}, created, weights
+
+Readers refuse a newer ``format_version`` with a message instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..errors import BundleError
+from ..preprocess import Preprocess
+from .spec import ModelSpec
+
+MANIFEST = "imclass.json"
+WEIGHTS = "model.safetensors"
+FORMAT = "imclass.bundle"
+FORMAT_VERSION = 1
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("imclass", "torch", "timm", "transformers", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def spec_to_manifest(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": spec.architecture,
+        "labels": list(spec.labels),
+        "task": spec.task,
+        "preprocess": spec.preprocess.to_dict(),
+        "calibration": {"temperature": spec.temperature},
+        "thresholds": {"labels": spec.label_thresholds, "unknown": spec.unknown_threshold},
+        "provenance": spec.provenance,
+        "training": spec.training,
+        "metrics": spec.metrics,
+        "versions": library_versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "weights": WEIGHTS,
+    }
+
+
+def manifest_to_spec(m: dict[str, Any], source: str = "") -> ModelSpec:
+    if m.get("format") != FORMAT:
+        raise BundleError(f"{source}: not an imclass bundle manifest (format={m.get('format')!r})")
+    if int(m.get("format_version", 0)) > FORMAT_VERSION:
+        raise BundleError(
+            f"{source}: bundle format {m['format_version']} is newer than this imclass supports "
+            f"({FORMAT_VERSION}); upgrade imclass")
+    try:
+        thresholds = m.get("thresholds") or {}
+        return ModelSpec(
+            architecture=m["architecture"],
+            labels=list(m["labels"]),
+            preprocess=Preprocess.from_dict(m["preprocess"]),
+            task=m.get("task", "single_label"),
+            temperature=(m.get("calibration") or {}).get("temperature"),
+            label_thresholds=thresholds.get("labels"),
+            unknown_threshold=thresholds.get("unknown"),
+            source=source,
+            provenance=m.get("provenance") or {},
+            training=m.get("training") or {},
+            metrics=m.get("metrics") or {},
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{source}: malformed manifest ({e.__class__.__name__}: {e})") from None
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path) / MANIFEST
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no {MANIFEST} (not an imclass bundle)") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{p}: invalid JSON ({e})") from None
+
+
+def save_bundle(model, spec: ModelSpec, path: str | os.PathLike) -> Path:
+    """Write ``model`` and ``spec`` as a bundle directory (atomically per file)."""
+    from safetensors.torch import save_model
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (WEIGHTS + ".tmp")
+    save_model(model, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / WEIGHTS)
+    _atomic_write_text(out / MANIFEST, json.dumps(spec_to_manifest(spec), indent=2) + "\n")
+    return out
+
+
+def load_bundle(path: str | os.PathLike):
+    """Return ``(model, spec)`` from a bundle directory."""
+    from safetensors.torch import load_model
+
+    from .registry import build_architecture
+
+    spec = manifest_to_spec(read_manifest(path), source=os.fspath(path))
+    weights = Path(path) / WEIGHTS
+    if not weights.is_file():
+        raise BundleError(f"{path}: missing {WEIGHTS}")
+    model = build_architecture(spec.architecture, spec.num_classes)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (RuntimeError, ValueError) as e:
+        raise BundleError(f"{path}: weights do not match the architecture: {e}") from None
+    if missing or unexpected:
+        raise BundleError(
+            f"{path}: weights do not match the architecture "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    model.eval()
+    return model, spec
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

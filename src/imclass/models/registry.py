@@ -1,0 +1,182 @@
+"""One factory: a model name -> ``(torch module, ModelSpec)``.
+
+Accepted names (first match wins):
+
+- ``default`` (or ``efficientnet-lite0``): the embedded ImageNet model, offline;
+- a directory with ``imclass.json``: an imclass bundle;
+- ``hf:<repo-id or local dir>``: a Hugging Face image-classification model (extra ``[hf]``);
+- a directory with timm's ``config.json`` (+ ``model.safetensors``), as on the Hub;
+- ``<timm name>@<checkpoint file>``: a timm architecture with local weights;
+- ``timm/<name>`` or a bare timm model name: pretrained weights from the Hugging Face Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelNotFoundError
+from ..preprocess import Preprocess
+from . import default
+from .bundle import is_bundle, load_bundle
+from .spec import ModelSpec
+
+OFFLINE_HINT = "no network? pass a local path (bundle, timm folder, name@checkpoint) or use the default model"
+
+
+def resolve(name: str | os.PathLike):
+    """Return ``(model, spec)`` for a model name; see the module docstring for the grammar."""
+    name = os.fspath(name).strip()
+    if not name:
+        raise ModelNotFoundError("empty model name; use 'default' for the embedded model")
+    if name in default.NAMES:
+        return default.build()
+    if is_bundle(name):
+        return load_bundle(name)
+    if name.startswith("hf:"):
+        from .hf import load_hf
+
+        return load_hf(name[3:])
+    if os.path.isdir(name) and (Path(name) / "config.json").is_file():
+        return _timm_from_dir(name)
+    if "@" in name:
+        arch, _, ckpt = name.partition("@")
+        return _timm_from_checkpoint(arch, ckpt, source=name)
+    if os.path.exists(name):
+        raise ModelNotFoundError(
+            f"{name}: not a model: expected an imclass bundle (imclass.json), a timm folder "
+            "(config.json), or NAME@CHECKPOINT for a weights file")
+    return _timm_from_hub(name)
+
+
+# ---- architectures ---------------------------------------------------------------------------------
+
+def build_architecture(arch: dict[str, Any], num_classes: int):
+    """An untrained module for a bundle's ``architecture`` entry."""
+    family = arch.get("family")
+    if family == "timm":
+        import timm
+
+        return timm.create_model(arch["name"], pretrained=False, num_classes=num_classes,
+                                 **arch.get("kwargs", {}))
+    if family == "hf":
+        from .hf import build_from_config
+
+        return build_from_config(arch["config"])
+    raise ModelNotFoundError(f"unknown architecture family {family!r} in bundle")
+
+
+def _timm_spec(model, name: str, source: str, labels: list[str] | None = None) -> ModelSpec:
+    n = model.num_classes
+    if labels is None or len(labels) != n:
+        labels = timm_labels(model)
+    return ModelSpec(
+        architecture={"family": "timm", "name": name, "kwargs": {}},
+        labels=labels,
+        preprocess=Preprocess.from_timm(_data_config(model)),
+        source=source,
+        provenance={"name": name, "weights": source},
+    )
+
+
+def _data_config(model) -> dict:
+    from timm.data import resolve_data_config
+
+    return resolve_data_config({}, model=model)
+
+
+def timm_labels(model) -> list[str]:
+    """Class names for a timm model: ImageNet names when it is an ImageNet subset, else class_i."""
+    n = model.num_classes
+    if n == 1000 and model.pretrained_cfg.get("num_classes", 1000) == 1000:
+        return list(default.imagenet_labels())
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset:
+            info = ImageNetInfo(subset)
+            names = [info.index_to_description(i).split(",")[0].strip() for i in range(n)]
+            if len(set(names)) == n:
+                return names
+    except Exception:
+        pass
+    return [f"class_{i}" for i in range(n)]
+
+
+def _unknown_timm_name(name: str) -> ModelNotFoundError:
+    import timm
+
+    close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:5]
+    hint = f" Did you mean: {', '.join(close)}?" if close else " See `imclass models`."
+    return ModelNotFoundError(f"unknown model {name!r}.{hint}")
+
+
+def _timm_from_hub(name: str):
+    import timm
+
+    bare = name.removeprefix("timm/")
+    arch = bare.split(".")[0]
+    if not timm.is_model(arch):
+        raise _unknown_timm_name(bare)
+    try:
+        model = timm.create_model(bare, pretrained=True)
+    except Exception as e:
+        raise ModelNotFoundError(
+            f"cannot download weights for {name!r} from the Hugging Face Hub "
+            f"({e.__class__.__name__}). {OFFLINE_HINT}") from None
+    return model.eval(), _timm_spec(model, arch, source=name)
+
+
+def _timm_from_checkpoint(arch: str, ckpt: str, source: str):
+    import timm
+
+    if not os.path.isfile(ckpt):
+        raise ModelNotFoundError(f"{source}: checkpoint file {ckpt!r} not found")
+    if not timm.is_model(arch):
+        raise _unknown_timm_name(arch)
+    num_classes = _checkpoint_num_classes(arch, ckpt)
+    try:
+        model = timm.create_model(arch, pretrained=True, num_classes=num_classes,
+                                  pretrained_cfg_overlay={"file": os.path.abspath(ckpt)})
+    except Exception as e:
+        raise ModelNotFoundError(f"{source}: cannot load checkpoint: {e}") from None
+    return model.eval(), _timm_spec(model, arch, source=source)
+
+
+def _checkpoint_num_classes(arch: str, ckpt: str) -> int | None:
+    """Classes in a checkpoint's classifier, so heads of fine-tuned weights load unchanged."""
+    import timm
+    from timm.models import load_state_dict
+
+    sd = load_state_dict(ckpt, weights_only=True)
+    head = timm.create_model(arch, pretrained=False).default_cfg.get("classifier", "head")
+    heads = [head] if isinstance(head, str) else list(head)
+    for h in heads:
+        w = sd.get(f"{h}.weight")
+        if w is not None:
+            return int(w.shape[0])
+    return None
+
+
+def _timm_from_dir(path: str):
+    import timm
+
+    cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    arch = cfg.get("architecture")
+    if not arch:
+        raise ModelNotFoundError(f"{path}/config.json has no 'architecture' (is this a timm model folder?)")
+    weights = next((Path(path) / f for f in ("model.safetensors", "pytorch_model.bin")
+                    if (Path(path) / f).is_file()), None)
+    if weights is None:
+        raise ModelNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
+    overlay = dict(cfg.get("pretrained_cfg") or {})
+    overlay["file"] = str(weights)
+    kwargs = {k: cfg[k] for k in ("num_classes", "global_pool") if k in cfg}
+    try:
+        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except Exception as e:
+        raise ModelNotFoundError(f"{path}: cannot build {arch!r} from this folder: {e}") from None
+    return model.eval(), _timm_spec(model, arch, source=path, labels=cfg.get("label_names"))

@@ -1,0 +1,144 @@
+"""Evaluation preprocessing as data (timm's ``pretrained_cfg`` vocabulary).
+
+The transform reproduces timm's eval transform (``timm.data.create_transform(..., is_training=False)``)
+step for step with PIL + NumPy, so that decode workers can hand over small ``uint8`` crops and the
+batch is normalised once, on the backend side. ``tests/test_preprocess.py`` checks the parity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+_PIL_TO_NAME = {int(v): k for k, v in _RESAMPLE.items()}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes a model input.
+
+    ``crop_mode``: ``center`` resizes the shortest side to ``size / crop_pct`` then centre-crops
+    (timm's default); ``squash`` resizes both sides to ``size / crop_pct`` ignoring aspect ratio then
+    centre-crops (Hugging Face ViT-style processors use ``crop_pct=1``).
+    """
+
+    input_size: tuple[int, int] = (224, 224)  # (height, width)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    crop_mode: str = "center"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; use one of {sorted(_RESAMPLE)}")
+        if self.crop_mode not in ("center", "squash"):
+            raise ValueError(f"unknown crop_mode {self.crop_mode!r}; use 'center' or 'squash'")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_timm(cls, cfg: dict[str, Any]) -> Preprocess:
+        """From a timm ``pretrained_cfg`` or ``resolve_data_config`` dict."""
+        size = cfg.get("test_input_size") or cfg.get("input_size") or (3, 224, 224)
+        crop_mode = cfg.get("crop_mode") or "center"
+        if crop_mode not in ("center", "squash"):
+            crop_mode = "center"
+        return cls(
+            input_size=(int(size[-2]), int(size[-1])),
+            interpolation=cfg.get("interpolation") or "bicubic",
+            crop_pct=float(cfg.get("test_crop_pct") or cfg.get("crop_pct") or 0.875),
+            crop_mode=crop_mode,
+            mean=tuple(float(x) for x in cfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(x) for x in cfg.get("std", IMAGENET_STD)),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        d = dict(d)
+        d["input_size"] = tuple(d["input_size"][-2:])
+        d["mean"] = tuple(d["mean"])
+        d["std"] = tuple(d["std"])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @staticmethod
+    def interpolation_name(pil_resample: int) -> str:
+        return _PIL_TO_NAME.get(int(pil_resample), "bicubic")
+
+    # ---- work ---------------------------------------------------------------------------------
+    @property
+    def scale_size(self) -> tuple[int, int]:
+        h, w = self.input_size
+        return math.floor(h / self.crop_pct), math.floor(w / self.crop_pct)
+
+    def draft_size(self) -> tuple[int, int]:
+        """Smallest (w, h) a JPEG may be draft-decoded to without changing the resize input much."""
+        sh, sw = self.scale_size
+        s = max(sh, sw)
+        return s, s
+
+    def resize_crop(self, img: Image.Image) -> Image.Image:
+        """Resize and crop an RGB PIL image exactly as timm's eval transform does."""
+        resample = _RESAMPLE[self.interpolation]
+        sh, sw = self.scale_size
+        if self.crop_mode == "squash":
+            img = img.resize((sw, sh), resample)
+        elif sh == sw:
+            w, h = img.size
+            short, long = (w, h) if w <= h else (h, w)
+            if short != sh:
+                new_short, new_long = sh, int(sh * long / short)
+                new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+                img = img.resize((new_w, new_h), resample)
+        else:  # timm's ResizeKeepRatio for non-square inputs
+            w, h = img.size
+            ratio = max(h / sh, w / sw)
+            img = img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample)
+        return _center_crop(img, self.input_size)
+
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """RGB image -> ``uint8`` array (H, W, 3) of the model's input size."""
+        return np.asarray(self.resize_crop(img), dtype=np.uint8)
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """``uint8`` NHWC batch -> float32 NCHW, scaled and normalised."""
+        scale = np.asarray(self.std, dtype=np.float32) * 255.0
+        x = (batch.astype(np.float32) - np.asarray(self.mean, dtype=np.float32) * 255.0) / scale
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    ch, cw = size
+    w, h = img.size
+    if w < cw or h < ch:  # torchvision pads with zeros when the image is smaller than the crop
+        padded = Image.new("RGB", (max(w, cw), max(h, ch)))
+        padded.paste(img, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
+        img = padded
+        w, h = img.size
+    top = int(round((h - ch) / 2.0))
+    left = int(round((w - cw) / 2.0))
+    return img.crop((left, top, left + cw, top + ch))
