@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -22,10 +21,13 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2
+# Typer ships its own copy of click; take its exception classes from public Typer names.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 @app.command(epilog="Example: imclass predict ~/Photos --output labels.csv --top-k 3")
@@ -51,17 +53,18 @@ def predict(
     from .labelling import label_library
 
     if link and copy:
-        raise click.UsageError("--link and --copy are mutually exclusive")
+        raise typer.BadParameter("--link and --copy are mutually exclusive")
     if (link or copy) and sort_into is None:
-        raise click.UsageError("--link/--copy only make sense with --sort-into DIR")
+        raise typer.BadParameter("--link/--copy only make sense with --sort-into DIR")
     clf = Classifier.load(model, device=device)
     show_rows = output is None
     progress = None if quiet else _progress()
-    task = None
+    task = progress.add_task("Labelling", total=None, errors=0) if progress is not None else None
 
     def on_total(total: int, done: int) -> None:
         if progress is not None:
             progress.update(task, total=total, completed=done + progress.tasks[0].completed)
+            progress.start()
 
     errors_seen = 0
 
@@ -70,12 +73,10 @@ def predict(
         errors_seen += sum(p.error is not None for p in preds)
         if progress is not None:
             progress.update(task, advance=len(preds), errors=errors_seen)
+            progress.start()
         if show_rows:
             _print_rows(preds, as_json, progress)
 
-    if progress is not None:
-        progress.start()
-        task = progress.add_task("Labelling", total=None, errors=0)
     try:
         summary = label_library(
             [str(s) for s in sources], model=clf, output=output, top_k=top_k, batch_size=batch_size,
@@ -181,14 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         rv = app(args=argv, standalone_mode=False)
-    except click.exceptions.UsageError as e:
-        e.exit_code = EXIT_USAGE
+    except _UsageError as e:
         e.show()
         return EXIT_USAGE
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("Interrupted. Partial output is kept; continue with --resume.")
         return 130
-    except click.exceptions.ClickException as e:
+    except typer.Exit as e:
+        return e.exit_code
+    except _ClickException as e:
         e.show()
         return EXIT_USAGE
     except ImclassError as e:

@@ -116,17 +116,28 @@ def _unknown_timm_name(name: str) -> ModelNotFoundError:
 
 def _timm_from_hub(name: str):
     import timm
+    from timm.models import get_pretrained_cfg
+
+    from .hub import cached_file, hub_reachable
 
     bare = name.removeprefix("timm/")
     arch = bare.split(".")[0]
     if not timm.is_model(arch):
         raise _unknown_timm_name(bare)
+    overlay = None
+    if not hub_reachable():
+        cfg = get_pretrained_cfg(bare)
+        repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        path = cached_file(repo) if repo else None
+        if path is None:
+            raise ModelNotFoundError(
+                f"cannot download weights for {name!r}: the Hugging Face Hub is not reachable. {OFFLINE_HINT}")
+        overlay = {"file": path}
     try:
-        model = timm.create_model(bare, pretrained=True)
+        model = timm.create_model(bare, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as e:
         raise ModelNotFoundError(
-            f"cannot download weights for {name!r} from the Hugging Face Hub "
-            f"({e.__class__.__name__}). {OFFLINE_HINT}") from None
+            f"cannot load weights for {name!r} ({e.__class__.__name__}: {str(e)[:160]}). {OFFLINE_HINT}") from None
     return model.eval(), _timm_spec(model, arch, source=name)
 
 
