@@ -54,13 +54,10 @@ def load_image(
     Raises :class:`ImageLoadError` for anything unreadable.
     """
     name = _describe(src)
-    if isinstance(src, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(src), background, name)
+    fp = src if isinstance(src, Image.Image) else _open_source(src, name)
     try:
-        fp = _open_source(src, name)
-    except ImageLoadError:
-        raise
-    try:
+        if isinstance(src, Image.Image):  # may still be lazy: decoding errors are handled below
+            return _to_rgb(ImageOps.exif_transpose(src), background, name)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(fp)

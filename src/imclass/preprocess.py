@@ -114,9 +114,9 @@ class Preprocess:
                 new_short, new_long = sh, int(sh * long / short)
                 new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
                 img = img.resize((new_w, new_h), resample)
-        else:  # timm's ResizeKeepRatio for non-square inputs
+        else:  # timm's ResizeKeepRatio (longest=0) for non-square inputs: the shorter side fits
             w, h = img.size
-            ratio = max(h / sh, w / sw)
+            ratio = min(h / sh, w / sw)
             img = img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample)
         return _center_crop(img, self.input_size)
 

@@ -74,10 +74,10 @@ class Sink:
 
 def open_sink(path: str | os.PathLike, *, top_k: int, resume: bool = False, overwrite: bool = False) -> Sink:
     """Open an output file for writing predictions; see the module docstring."""
-    fmt = output_format(path)
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a directory; give a file name such as {path / 'predictions.csv'}")
+    fmt = output_format(path)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     journal = Path(f"{path}.partial.jsonl") if fmt in ("json", "parquet") else None

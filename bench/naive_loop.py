@@ -1,0 +1,71 @@
+"""The naive, seed-style prediction loop that ``bench/predict.py`` measures ``imclass predict`` against.
+
+One image at a time: PIL open, build timm's eval transform (again, for every image, as copy-pasted
+seed code does), eager forward of a single NCHW image, softmax, argmax. No batching, no decode overlap,
+no channels-last. Same model and weights as ``imclass predict`` (``imclass.load('default').model``).
+
+    python bench/naive_loop.py FOLDER --output naive.csv [--timing timing.json]
+
+``--timing`` writes in-process timestamps (seconds since the script started) so that the caller can
+separate start-up from steady-state throughput.
+"""
+
+from __future__ import annotations
+
+import time
+
+T0 = time.perf_counter()
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+EXTS = {".jpg", ".jpeg", ".png"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--output", type=Path, required=True)
+    ap.add_argument("--timing", type=Path)
+    args = ap.parse_args()
+
+    import torch
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    import imclass
+
+    clf = imclass.load("default", device="cpu")
+    model, labels = clf.model.eval(), clf.labels
+    t_ready = time.perf_counter() - T0
+
+    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in EXTS)
+    warm = min(10, max(0, len(paths) - 1))  # images excluded from the steady-state window
+    t_warm = t_ready
+    rows = []
+    for i, path in enumerate(paths):
+        img = Image.open(path).convert("RGB")
+        transform = create_transform(**resolve_data_config({}, model=model))
+        x = transform(img).unsqueeze(0)
+        with torch.no_grad():
+            logits = model(x)
+        probs = torch.softmax(logits, dim=1)
+        idx = int(probs.argmax(dim=1))
+        rows.append((str(path), labels[idx], f"{float(probs[0, idx]):.6f}"))
+        if i + 1 == warm:
+            t_warm = time.perf_counter() - T0
+    t_end = time.perf_counter() - T0
+
+    with open(args.output, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "score"])
+        w.writerows(rows)
+    if args.timing:
+        args.timing.write_text(json.dumps({"n": len(paths), "warm": warm, "t_ready": t_ready,
+                                           "t_warm": t_warm, "t_end": t_end}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""ONNX Runtime backend: same protocol as :class:`~imclass.engine.backends.TorchBackend`.
+
+Runs a graph exported by :func:`imclass.export.export_onnx` (fp32) or :func:`imclass.export.quantize_int8`
+(static INT8, QDQ). The graph takes the normalised float32 NCHW batch; normalisation happens here, on the
+whole ``uint8`` batch (transpose in ``uint8``, then one fused scale-and-shift in float32).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .backends import default_threads
+
+
+class OnnxBackend:
+    """``uint8`` NHWC batch in, float32 logits out, through an ONNX Runtime ``InferenceSession``."""
+
+    name = "onnx"
+
+    def __init__(self, onnx_path: str | os.PathLike, preprocess, threads: int | None = None,
+                 providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.path = os.fspath(onnx_path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
+        self.providers = self.session.get_providers()
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        std = np.asarray(preprocess.std, dtype=np.float32)
+        self._scale = (1.0 / (std * 255.0)).reshape(1, 3, 1, 1)
+        self._shift = (-np.asarray(preprocess.mean, dtype=np.float32) / std).reshape(1, 3, 1, 1)
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """``uint8`` NHWC -> normalised float32 NCHW (same values as ``Preprocess.normalize``)."""
+        x = np.ascontiguousarray(np.asarray(batch).transpose(0, 3, 1, 2)).astype(np.float32)
+        x *= self._scale
+        x += self._shift
+        return x
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output_name], {self.input_name: self.normalize(batch)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"OnnxBackend({self.path!r}, providers={self.providers})"

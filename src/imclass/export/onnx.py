@@ -1,0 +1,271 @@
+"""ONNX export, static INT8 quantisation and numeric parity checks.
+
+The exported graph takes the *normalised* float32 NCHW batch ``pixels`` (dynamic batch axis) and returns
+``logits``; :class:`~imclass.engine.onnx_backend.OnnxBackend` normalises ``uint8`` NHWC batches itself,
+exactly as :class:`~imclass.engine.backends.TorchBackend` does. The preprocessing is recorded in the
+graph's metadata (``imclass.preprocess``) so an ``.onnx`` file is self-describing.
+
+timm's TensorFlow-style ``same`` padding (``Conv2dSame``, ``MaxPool2dSame``, ``AvgPool2dSame``, used by all
+``tf_*`` models including the default EfficientNet-Lite0) computes its padding from the input size at run
+time, which exports as ~150 shape-arithmetic nodes and an explicit ``Pad`` before every strided conv. The
+input size is fixed by the preprocessing, so those pads are frozen to constants before export; ONNX Runtime
+then fuses them into the convolutions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+METHODS = ("minmax", "entropy", "percentile")
+
+
+# ---- export -----------------------------------------------------------------------------------------
+def export_onnx(model, preprocess, path: str | os.PathLike, *, opset: int = 17) -> Path:
+    """Export ``model`` (normalised float32 NCHW -> logits) to ``path`` and check the file.
+
+    Uses the TorchScript exporter (``dynamo=False``): it needs no ``onnxscript`` and gives a plain,
+    constant-folded graph. The model is not modified (a copy is exported when padding is frozen).
+    """
+    import onnx
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = preprocess.input_size
+    model = freeze_same_padding(model.eval(), (h, w))
+    dummy = torch.zeros(1, 3, h, w)
+    tmp = path.with_name(path.name + ".tmp")
+    import warnings
+
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
+        torch.onnx.export(
+            model, (dummy,), str(tmp),
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    proto = onnx.load(str(tmp))
+    _set_metadata(proto, {"imclass.preprocess": json.dumps(preprocess.to_dict()),
+                          "imclass.input": "normalized_nchw_float32"})
+    onnx.save(proto, str(tmp))
+    onnx.checker.check_model(str(tmp), full_check=True)
+    os.replace(tmp, path)
+    return path
+
+
+def freeze_same_padding(model, input_size: tuple[int, int]):
+    """Return ``model`` with timm's dynamic ``same`` padding replaced by constant padding for ``input_size``.
+
+    Returns ``model`` itself when it has no such layers, otherwise a modified deep copy.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.padding import pad_same_arg
+        from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return model
+    same_types = (Conv2dSame, MaxPool2dSame, AvgPool2dSame)
+    if not any(isinstance(m, same_types) for m in model.modules()):
+        return model
+
+    class _StaticSame(nn.Module):
+        def __init__(self, inner: nn.Module, pads: list[int], value: float):
+            super().__init__()
+            self.inner = inner
+            self.pads = tuple(int(p) for p in pads)
+            self.value = value
+            self._forward = next(c.forward for c in type(inner).__mro__[1:]
+                                 if c.__module__.startswith("torch.nn"))
+
+        def forward(self, x):
+            if any(self.pads):
+                x = F.pad(x, self.pads, value=self.value)
+            return self._forward(self.inner, x)
+
+    model = copy.deepcopy(model)
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, args, n=name: sizes.__setitem__(n, tuple(args[0].shape[-2:])))
+             for name, m in model.named_modules() if isinstance(m, same_types)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    for name, size in sizes.items():
+        m = model.get_submodule(name)
+        k = m.weight.shape[-2:] if isinstance(m, Conv2dSame) else m.kernel_size
+        dilation = getattr(m, "dilation", (1, 1))
+        value = -float("inf") if isinstance(m, MaxPool2dSame) else 0.0
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, _StaticSame(m, pad_same_arg(list(size), list(k), list(m.stride), list(dilation)),
+                                          value))
+    return model
+
+
+def _set_metadata(proto, items: dict[str, str]) -> None:
+    keep = [p for p in proto.metadata_props if p.key not in items]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in items.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (without loading the weights)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+# ---- quantisation -----------------------------------------------------------------------------------
+def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                  calibration_batches: Iterable[np.ndarray], *, per_channel: bool = True,
+                  method: str = "minmax", nodes_to_exclude: Iterable[str] | None = None,
+                  exclude_first_conv: bool = False, exclude_last_layer: bool = False,
+                  activation_type: str = "uint8", preprocess: bool = True,
+                  extra_options: dict[str, Any] | None = None) -> Path:
+    """Static INT8 quantisation (QDQ format, int8 weights) calibrated on ``calibration_batches``.
+
+    ``calibration_batches``: normalised float32 NCHW arrays, as the fp32 graph takes them (a few hundred
+    representative images; they should not be the images you later measure agreement on).
+    ``method``: ``minmax``, ``entropy`` or ``percentile`` (99.999th percentile, symmetric).
+    ``nodes_to_exclude``: node names kept in float (names of the graph after pre-processing when
+    ``preprocess`` is true; unknown names raise). ``exclude_first_conv`` / ``exclude_last_layer`` keep the
+    stem convolution / the final Gemm or MatMul in float. ``activation_type``: ``uint8`` (U8S8, fastest
+    on x86 with VNNI and on ARM) or ``int8`` (S8S8). ``preprocess`` runs ORT's ``quant_pre_process``
+    (symbolic shape inference + graph optimisation) first, which ORT recommends.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; use one of {METHODS}")
+    if activation_type not in ("uint8", "int8"):
+        raise ValueError(f"activation_type must be 'uint8' or 'int8', got {activation_type!r}")
+    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in calibration_batches]
+    if not batches:
+        raise ValueError("quantize_int8 needs at least one calibration batch")
+    int8_path = Path(int8_path)
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="imclass-quant-") as tmp:
+        src = Path(fp32_path)
+        if preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            src = pre
+        graph = onnx.load(str(src)).graph
+        names = {n.name for n in graph.node}
+        exclude = list(nodes_to_exclude or [])
+        unknown = [n for n in exclude if n not in names]
+        if unknown:
+            raise ValueError(f"nodes_to_exclude: no such nodes {unknown[:5]} (graph has e.g. {sorted(names)[:5]})")
+        if exclude_first_conv or exclude_last_layer:
+            first, last = boundary_nodes(graph)
+            exclude += [n for n, on in ((first, exclude_first_conv), (last, exclude_last_layer)) if on and n]
+        options = {"CalibStridedMinMax": 1, **(extra_options or {})}  # one batch at a time: bounded memory
+        reader = _BatchReader(graph.input[0].name, batches)
+        quantize_static(
+            str(src), str(int8_path), reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            extra_options=options,
+        )
+    proto = onnx.load(str(int8_path))
+    meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    meta["imclass.quantization"] = json.dumps({
+        "format": "QDQ", "weights": "int8", "activations": activation_type, "per_channel": per_channel,
+        "method": method, "calibration_images": int(sum(len(b) for b in batches)), "excluded": exclude})
+    _set_metadata(proto, meta)
+    onnx.save(proto, str(int8_path))
+    return int8_path
+
+
+def boundary_nodes(graph) -> tuple[str | None, str | None]:
+    """Names of the first ``Conv`` and the last ``Gemm``/``MatMul`` of an ONNX graph (either may be None)."""
+    first = next((n.name for n in graph.node if n.op_type == "Conv"), None)
+    last = next((n.name for n in reversed(graph.node) if n.op_type in ("Gemm", "MatMul")), None)
+    return first, last
+
+
+def _calibration_reader_base():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    return CalibrationDataReader
+
+
+class _BatchReader(_calibration_reader_base()):
+    """Feeds a list of batches to ORT's calibrators; supports ``set_range`` for strided calibration."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
+        self.input_name = input_name
+        self.batches = batches
+        self.set_range(0, len(batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.batches[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+# ---- parity -----------------------------------------------------------------------------------------
+def parity(reference_fn: Callable[[np.ndarray], np.ndarray], candidate_fn: Callable[[np.ndarray], np.ndarray],
+           batches: Iterable[np.ndarray], *, multi_label: bool = False) -> dict[str, float]:
+    """Compare two ``batch -> logits`` functions on the same batches.
+
+    Returns ``top1_agreement`` (fraction of rows whose arg-max agrees), ``max_abs_prob_diff`` (largest
+    difference of softmax probabilities, sigmoid when ``multi_label``), ``max_abs_logit_diff`` and ``n``.
+    """
+    n = agree = 0
+    max_prob = max_logit = 0.0
+    for batch in batches:
+        ref = np.asarray(reference_fn(batch), dtype=np.float64)
+        cand = np.asarray(candidate_fn(batch), dtype=np.float64)
+        if ref.shape != cand.shape:
+            raise ValueError(f"parity: shapes differ: reference {ref.shape}, candidate {cand.shape}")
+        n += len(ref)
+        agree += int((ref.argmax(1) == cand.argmax(1)).sum())
+        max_logit = max(max_logit, float(np.abs(ref - cand).max(initial=0.0)))
+        act = _sigmoid if multi_label else _softmax
+        max_prob = max(max_prob, float(np.abs(act(ref) - act(cand)).max(initial=0.0)))
+    return {"top1_agreement": agree / n if n else float("nan"), "max_abs_prob_diff": max_prob,
+            "max_abs_logit_diff": max_logit, "n": n}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))

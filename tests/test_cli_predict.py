@@ -1,0 +1,105 @@
+"""`imclass predict` driven as a user would: formats, sorting, kill -9 and resume, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import SAMPLES, make_image, run_cli
+from PIL import Image
+
+from imclass.engine.sinks import read_rows
+
+pytestmark = pytest.mark.slow
+
+
+def test_predict_samples_jsonl_and_sorting(tmp_path):
+    out = tmp_path / "pred.jsonl"
+    sorted_dir = tmp_path / "sorted"
+    r = run_cli("predict", str(SAMPLES), "-o", str(out), "-k", "3", "--sort-into", str(sorted_dir), "--copy")
+    assert r.returncode == 0, r.stderr
+    rows = {os.path.basename(row["path"]): row for row in read_rows(out)}
+    assert set(rows) == {"astronaut.jpg", "cameraman.png", "cat.jpg", "coffee.jpg", "rocket.jpg"}
+    assert rows["coffee.jpg"]["label"] == "espresso"
+    assert rows["cat.jpg"]["label"] in {"tabby", "tiger cat", "Egyptian cat"}
+    assert all(len(r["topk"]) == 3 and r["error"] is None for r in rows.values())
+    # every image copied once under its label; originals untouched
+    copied = {p.name: p.parent.name for p in sorted_dir.rglob("*") if p.is_file()}
+    assert copied == {name: row["label"] for name, row in rows.items()}
+    assert (sorted_dir / "espresso" / "coffee.jpg").read_bytes() == (SAMPLES / "coffee.jpg").read_bytes()
+    assert "Labelled 5 images" in r.stderr
+
+
+def test_usage_errors_exit_1(tmp_path):
+    r = run_cli("predict", str(tmp_path / "missing"))
+    assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "p.csv"
+    out.write_text("path,label,score,error\n")
+    r = run_cli("predict", str(SAMPLES), "-o", str(out), "-q")
+    assert r.returncode == 1 and "--resume" in r.stderr
+    r = run_cli("predict", str(SAMPLES), "--top-k", "0")
+    assert r.returncode == 1
+
+
+def _library(root, n):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = root / f"sub{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, size=(96, 128, 3), dtype=np.uint8)).save(sub / f"img_{i:04d}.jpg")
+    broken = make_image(root / "broken.jpg")
+    broken.write_bytes(broken.read_bytes()[:100])
+    return n + 1
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet"])
+def test_kill_9_then_resume_gives_each_image_once(tmp_path, ext):
+    lib = tmp_path / "lib"
+    total = _library(lib, 160)
+    out = tmp_path / f"pred.{ext}"
+    progress_file = out if ext == "csv" else tmp_path / f"pred.{ext}.partial.jsonl"
+    cmd = [sys.executable, "-m", "imclass", "predict", str(lib), "-o", str(out), "-b", "8", "-q", "-w", "1"]
+    kills = 0
+    for attempt in range(2):
+        proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        start_rows = _rows(progress_file)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and _rows(progress_file) < start_rows + 30:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1, "the run finished before it could be killed; make the library larger"
+    r = subprocess.run([c for c in cmd if c != "-q"] + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr  # the broken file is an error row
+    rows = read_rows(out)
+    counts = Counter(row["path"] for row in rows)
+    assert len(counts) == total and set(counts.values()) == {1}
+    errors = [row for row in rows if row["error"]]
+    assert [os.path.basename(row["path"]) for row in errors] == ["broken.jpg"]
+    assert "already done (resumed)" in r.stderr
+
+
+def _rows(path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def test_json_stdout_when_no_output(tmp_path):
+    r = run_cli("predict", str(SAMPLES / "coffee.jpg"), str(SAMPLES / "cat.jpg"), "--json", "-q", "-k", "2")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [os.path.basename(x["path"]) for x in rows] == ["coffee.jpg", "cat.jpg"]
+    assert rows[0]["label"] == "espresso" and len(rows[0]["topk"]) == 2
