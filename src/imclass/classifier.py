@@ -78,7 +78,15 @@ class Classifier:
 
     def predict_iter(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
                      batch_size: int = 32, workers: int | None = None,
-                     reject_unknown: bool = True) -> Iterator[list[Prediction]]:
+                     reject_unknown: bool = True) -> Iterator[Prediction]:
+        """Stream predictions one by one, in input order, with flat memory (any iterable works)."""
+        for batch in self.predict_batches(images, top_k=top_k, batch_size=batch_size, workers=workers,
+                                          reject_unknown=reject_unknown):
+            yield from batch
+
+    def predict_batches(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
+                        batch_size: int = 32, workers: int | None = None,
+                        reject_unknown: bool = True) -> Iterator[list[Prediction]]:
         """Stream predictions batch by batch. ``images``: paths, folders, PIL images or bytes."""
         items = _expand(images)
         yield from run_batches(
@@ -95,11 +103,8 @@ class Classifier:
                 batch_size: int = 32, workers: int | None = None,
                 reject_unknown: bool = True) -> list[Prediction]:
         """Predict a list of images (or a folder). Unreadable images give rows with ``error`` set."""
-        out: list[Prediction] = []
-        for batch in self.predict_iter(images, top_k=top_k, batch_size=batch_size, workers=workers,
-                                       reject_unknown=reject_unknown):
-            out.extend(batch)
-        return out
+        return list(self.predict_iter(images, top_k=top_k, batch_size=batch_size, workers=workers,
+                                      reject_unknown=reject_unknown))
 
     def predict_proba(self, images: Iterable[Any], *, batch_size: int = 32,
                       workers: int | None = None) -> np.ndarray:

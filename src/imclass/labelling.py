@@ -83,7 +83,7 @@ def label_library(
     todo = (p for p in iter_image_paths(sources) if p not in done)
     t0 = time.perf_counter()
     try:
-        for preds in clf.predict_iter(todo, top_k=top_k, batch_size=batch_size, workers=workers):
+        for preds in clf.predict_batches(todo, top_k=top_k, batch_size=batch_size, workers=workers):
             if sorter is not None:
                 for p in preds:
                     sorter.place(p)
