@@ -14,6 +14,8 @@ quickstart: setup
 	$(BIN)/python -c "import csv; [print(f\"{r['path']:<32} {r['label']:<24} {float(r['score']):.2f}\") for r in csv.DictReader(open('samples-predictions.csv'))]"
 
 setup: $(STAMP)
+	@$(BIN)/python -c "import imclass, pathlib, sys; sys.exit(not pathlib.Path(imclass.__file__).resolve().is_relative_to(pathlib.Path('src').resolve()))" 2>/dev/null \
+	  || $(BIN)/python -m pip install --quiet --no-deps -e .
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c "import sys; assert sys.version_info >= (3, 11), 'imclass needs Python 3.11+'"
