@@ -12,9 +12,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, make_image, run_cli
 from PIL import Image
 
+from conftest import SAMPLES, make_image, run_cli
 from imclass.engine.sinks import read_rows
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from PIL import Image
 from .engine.backends import TorchBackend, default_threads
 from .engine.pipeline import run_batches
 from .engine.sources import iter_image_paths
-from .images import DEFAULT_MAX_PIXELS, load_image
+from .images import DEFAULT_MAX_PIXELS, load_image, source_name
 from .models.spec import ModelSpec
 from .prediction import Prediction, decide, probabilities
 
@@ -94,7 +94,7 @@ class Classifier:
             decode=self.decode,
             infer=lambda batch, names: decide(
                 probabilities(self.logits(batch), self.spec), names, self.spec, top_k, reject_unknown),
-            name_of=_name_of,
+            name_of=source_name,
             batch_size=batch_size,
             workers=default_workers() if workers is None else workers,
         )
@@ -116,7 +116,7 @@ class Classifier:
             probs = probabilities(self.logits(batch), self.spec)
             return [_ProbRow(n, p) for n, p in zip(names, probs)]
 
-        for batch in run_batches(_expand(images), decode=self.decode, infer=infer, name_of=_name_of,
+        for batch in run_batches(_expand(images), decode=self.decode, infer=infer, name_of=source_name,
                                  batch_size=batch_size,
                                  workers=default_workers() if workers is None else workers):
             rows.extend(p.probs if isinstance(p, _ProbRow) else nan for p in batch)
@@ -142,16 +142,6 @@ def _expand_each(images: Iterable[Any]) -> Iterator[Any]:
             yield from iter_image_paths([im])
         else:
             yield im
-
-
-def _name_of(item: Any) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    if isinstance(item, Image.Image):
-        return getattr(item, "filename", "") or "<PIL image>"
-    if isinstance(item, bytes):
-        return "<bytes>"
-    return getattr(item, "name", "<stream>")
 
 
 class _ProbRow(Prediction):

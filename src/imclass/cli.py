@@ -107,13 +107,14 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     if as_json:
         out.print_json(json.dumps(rows))
         return EXIT_OK
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Models", show_lines=False)
     table.add_column("name", style="bold cyan")
     table.add_column("what")
     for r in rows:
-        table.add_row(r["name"], r["what"] + (f"\n[dim]{r['weights']}[/dim]" if "weights" in r else ""))
+        table.add_row(escape(r["name"]), escape(r["what"]) + (f"\n[dim]{escape(r['weights'])}[/dim]" if "weights" in r else ""))
     out.print(table)
     return EXIT_OK
 

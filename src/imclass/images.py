@@ -53,7 +53,7 @@ def load_image(
 
     Raises :class:`ImageLoadError` for anything unreadable.
     """
-    name = _describe(src)
+    name = source_name(src)
     fp = src if isinstance(src, Image.Image) else _open_source(src, name)
     try:
         if isinstance(src, Image.Image):  # may still be lazy: decoding errors are handled below
@@ -96,7 +96,8 @@ def load_image(
             fp.close()
 
 
-def _describe(src: ImageSource) -> str:
+def source_name(src: ImageSource) -> str:
+    """A printable name for an image source (its path, or a placeholder for in-memory data)."""
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src)
     if isinstance(src, Image.Image):

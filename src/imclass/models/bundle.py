@@ -11,6 +11,7 @@ Readers refuse a newer ``format_version`` with a message instead of guessing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -37,10 +38,8 @@ def is_bundle(path: str | os.PathLike) -> bool:
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("imclass", "torch", "timm", "transformers", "onnxruntime"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
