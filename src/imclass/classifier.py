@@ -13,7 +13,7 @@ from PIL import Image
 from .engine.backends import TorchBackend, default_threads
 from .engine.pipeline import run_batches
 from .engine.sources import iter_image_paths
-from .images import DEFAULT_MAX_PIXELS, load_image, source_name
+from .images import load_image, source_name
 from .models.spec import ModelSpec
 from .prediction import Prediction, decide, probabilities
 
@@ -69,7 +69,7 @@ class Classifier:
     def decode(self, item: Any) -> np.ndarray:
         """One image (path, bytes, stream or PIL image) -> ``uint8`` model-input array."""
         pre = self.spec.preprocess
-        img = load_image(item, draft_size=pre.draft_size(), max_pixels=DEFAULT_MAX_PIXELS)
+        img = load_image(item, draft_size=pre.draft_size())
         return pre.to_array(img)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -179,8 +179,14 @@ def _print_summary(s, clf) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes and one-line messages (no tracebacks for user errors)."""
+    import warnings
+
+    from PIL import Image
+
     from .errors import ImclassError
 
+    # Oversized images become error rows with our own message; Pillow's warning would only add noise.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         rv = app(args=argv, standalone_mode=False)
     except _UsageError as e:

@@ -8,8 +8,8 @@ Every part of imclass (prediction, training, audit, serving) reads pixels throug
 from __future__ import annotations
 
 import io
+import struct
 import os
-import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -23,7 +23,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp",
      ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k"}
 )
-#: Pillow's own decompression-bomb limit (~89.5 megapixels); larger images are refused.
+#: Pillow's default decompression-bomb limit (~89.5 megapixels), the loader's default too.
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
@@ -40,7 +40,7 @@ def load_image(
     src: ImageSource,
     *,
     draft_size: tuple[int, int] | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> Image.Image:
     """Read one image as an 8-bit RGB PIL image, upright.
@@ -49,7 +49,8 @@ def load_image(
     - Grey, palette, CMYK (ICC-aware), 16-bit and float images are converted to 8-bit RGB;
       transparency is composited over ``background``.
     - ``draft_size`` lets JPEGs decode at 1/2, 1/4 or 1/8 scale while staying >= that size.
-    - Images over ``max_pixels`` are refused before decoding (decompression-bomb guard).
+    - Images over ``max_pixels`` are refused before decoding (decompression-bomb guard). The
+      default is Pillow's ``Image.MAX_IMAGE_PIXELS``; a larger value cannot lift Pillow's own limit.
 
     Raises :class:`ImageLoadError` for anything unreadable.
     """
@@ -58,17 +59,16 @@ def load_image(
     try:
         if isinstance(src, Image.Image):  # may still be lazy: decoding errors are handled below
             return _to_rgb(ImageOps.exif_transpose(src), background, name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+        img = Image.open(fp)  # reads the header only; Pillow's own bomb check applies too
         with img:
             w, h = img.size
             if w <= 0 or h <= 0:
                 raise ImageLoadError(name, f"invalid image dimensions {w}x{h}")
-            if max_pixels is not None and w * h > max_pixels:
+            limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+            if limit is not None and w * h > limit:
                 raise ImageLoadError(
                     name, f"image too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the "
-                    f"{max_pixels / 1e6:.0f} MP limit (decompression-bomb guard)")
+                    f"{limit / 1e6:.0f} MP limit (decompression-bomb guard)")
             if getattr(img, "is_animated", False):
                 img.seek(0)
             if draft_size is not None and img.format == "JPEG":
@@ -87,7 +87,8 @@ def load_image(
         if "truncated" in msg.lower():
             msg = "truncated or corrupt image data"
         raise ImageLoadError(name, f"corrupt image: {msg}") from None
-    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
+    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError,
+            struct.error) as e:
         raise ImageLoadError(name, f"corrupt image: {e.__class__.__name__}: {e}") from None
     except MemoryError:
         raise ImageLoadError(name, "out of memory while decoding") from None
@@ -136,15 +137,17 @@ def _open_source(src: ImageSource, name: str) -> BinaryIO:
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int], name: str) -> Image.Image:
     mode = img.mode
+    if mode in ("P", "PA", "RGB", "L", "1") and "transparency" in img.info:
+        img = img.convert("RGBA")  # palette or colour-key transparency -> alpha
+        mode = "RGBA"
     if mode == "RGB":
         return img
     if mode == "CMYK":
         return _cmyk_to_rgb(img)
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return Image.fromarray(_high_depth_to_uint8(img, mode)).convert("RGB")
-    if mode == "P" or mode == "PA":
-        img = img.convert("RGBA")
-        mode = "RGBA"
+    if mode == "PA":
+        img, mode = img.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "La", "RGBa"):
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", rgba.size, (*background, 255))
