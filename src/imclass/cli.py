@@ -114,7 +114,8 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     table.add_column("name", style="bold cyan")
     table.add_column("what")
     for r in rows:
-        table.add_row(escape(r["name"]), escape(r["what"]) + (f"\n[dim]{escape(r['weights'])}[/dim]" if "weights" in r else ""))
+        weights = f"\n[dim]{escape(r['weights'])}[/dim]" if "weights" in r else ""
+        table.add_row(escape(r["name"]), escape(r["what"]) + weights)
     out.print(table)
     return EXIT_OK
 

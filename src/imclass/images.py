@@ -8,8 +8,8 @@ Every part of imclass (prediction, training, audit, serving) reads pixels throug
 from __future__ import annotations
 
 import io
-import struct
 import os
+import struct
 from pathlib import Path
 from typing import BinaryIO, Union
 
