@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         e.show()
         return EXIT_USAGE
     except ImclassError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("Interrupted. Partial output is kept; continue with --resume.")

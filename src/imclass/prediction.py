@@ -49,7 +49,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    return np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + e^-x) without overflow warnings for large |x|
 
 
 def probabilities(logits: np.ndarray, spec: ModelSpec) -> np.ndarray:

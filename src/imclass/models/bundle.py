@@ -63,28 +63,51 @@ def spec_to_manifest(spec: ModelSpec) -> dict[str, Any]:
 
 
 def manifest_to_spec(m: dict[str, Any], source: str = "") -> ModelSpec:
-    if m.get("format") != FORMAT:
-        raise BundleError(f"{source}: not an imclass bundle manifest (format={m.get('format')!r})")
-    if int(m.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        found = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise BundleError(f"{source}: not an imclass bundle manifest (format={found!r})")
+    try:
+        version = int(m.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise BundleError(f"{source}: malformed manifest (format_version={m.get('format_version')!r})") from None
+    if version > FORMAT_VERSION:
         raise BundleError(
             f"{source}: bundle format {m['format_version']} is newer than this imclass supports "
             f"({FORMAT_VERSION}); upgrade imclass")
     try:
+        arch = m["architecture"]
+        if not isinstance(arch, dict) or arch.get("family") not in ("timm", "hf"):
+            raise ValueError("'architecture' must be an object with family 'timm' or 'hf'")
+        if arch["family"] == "timm" and not isinstance(arch.get("name"), str):
+            raise ValueError("a timm 'architecture' needs a 'name'")
+        labels = m["labels"]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError("'labels' must be a list of strings")
+        task = m.get("task", "single_label")
+        if task not in ("single_label", "multi_label"):
+            raise ValueError(f"unknown task {task!r}")
         thresholds = m.get("thresholds") or {}
+        temperature = (m.get("calibration") or {}).get("temperature")
+        label_thresholds = thresholds.get("labels")
+        if label_thresholds is not None:
+            label_thresholds = [float(t) for t in label_thresholds]
+            if len(label_thresholds) != len(labels):
+                raise ValueError(f"{len(label_thresholds)} label thresholds for {len(labels)} labels")
+        unknown = thresholds.get("unknown")
         return ModelSpec(
-            architecture=m["architecture"],
-            labels=list(m["labels"]),
+            architecture=arch,
+            labels=list(labels),
             preprocess=Preprocess.from_dict(m["preprocess"]),
-            task=m.get("task", "single_label"),
-            temperature=(m.get("calibration") or {}).get("temperature"),
-            label_thresholds=thresholds.get("labels"),
-            unknown_threshold=thresholds.get("unknown"),
+            task=task,
+            temperature=None if temperature is None else float(temperature),
+            label_thresholds=label_thresholds,
+            unknown_threshold=None if unknown is None else float(unknown),
             source=source,
             provenance=m.get("provenance") or {},
             training=m.get("training") or {},
             metrics=m.get("metrics") or {},
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{source}: malformed manifest ({e.__class__.__name__}: {e})") from None
 
 
@@ -121,7 +144,10 @@ def load_bundle(path: str | os.PathLike):
     weights = Path(path) / WEIGHTS
     if not weights.is_file():
         raise BundleError(f"{path}: missing {WEIGHTS}")
-    model = build_architecture(spec.architecture, spec.num_classes)
+    try:
+        model = build_architecture(spec.architecture, spec.num_classes)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:  # e.g. unknown timm name
+        raise BundleError(f"{path}: cannot build the bundle's architecture ({e.__class__.__name__}: {e})") from None
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
     except (RuntimeError, ValueError) as e:

@@ -70,17 +70,26 @@ def load_hf(repo: str):
     if not repo:
         raise ModelNotFoundError("hf: needs a repository id or a local folder, e.g. hf:google/vit-base-patch16-224")
     local = os.path.isdir(repo)
+    if not local and (repo.startswith(("/", ".", "~")) or os.path.exists(repo)):
+        raise ModelNotFoundError(f"hf:{repo}: no such folder (expected a save_pretrained folder or a Hub id)")
+    from .hub import hub_reachable
+
+    offline = not local and not hub_reachable()
+    kwargs = {"local_files_only": True} if offline else {}
     try:
-        model = tf.AutoModelForImageClassification.from_pretrained(repo)
+        model = tf.AutoModelForImageClassification.from_pretrained(repo, **kwargs)
         try:
-            proc = tf.AutoImageProcessor.from_pretrained(repo)
+            proc = tf.AutoImageProcessor.from_pretrained(repo, **kwargs)
             pre = preprocess_from_processor(proc)
         except (OSError, ValueError):
             pre = Preprocess()
     except OSError as e:
-        where = "in that folder" if local else "on the Hugging Face Hub (no network?)"
+        if offline:
+            why = "the Hugging Face Hub is not reachable and the model is not in the local cache"
+        else:
+            why = str(e).splitlines()[0][:200].rstrip(".")
         raise ModelNotFoundError(
-            f"cannot load Hugging Face model {repo!r} {where}: {str(e).splitlines()[0][:200]}. "
+            f"cannot load Hugging Face model {repo!r}: {why}. "
             "Pass a local save_pretrained folder or use the default model") from None
     except ValueError as e:
         raise ModelNotFoundError(f"hf:{repo} is not an image-classification model: {e}") from None

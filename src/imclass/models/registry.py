@@ -149,9 +149,11 @@ def _timm_from_checkpoint(arch: str, ckpt: str, source: str):
     if not timm.is_model(arch):
         raise _unknown_timm_name(arch)
     num_classes = _checkpoint_num_classes(arch, ckpt)
+    overlay = {"file": os.path.abspath(ckpt)}
+    if num_classes is not None:  # else timm drops a head whose size differs from the pretrained cfg's
+        overlay["num_classes"] = num_classes
     try:
-        model = timm.create_model(arch, pretrained=True, num_classes=num_classes,
-                                  pretrained_cfg_overlay={"file": os.path.abspath(ckpt)})
+        model = timm.create_model(arch, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay)
     except Exception as e:
         raise ModelNotFoundError(f"{source}: cannot load checkpoint: {e}") from None
     return model.eval(), _timm_spec(model, arch, source=source)
