@@ -49,14 +49,12 @@ def predict(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> int:
     """Classify every image in SOURCES with the embedded ImageNet model or any MODEL."""
-    from .classifier import Classifier
     from .labelling import label_library
 
     if link and copy:
         raise typer.BadParameter("--link and --copy are mutually exclusive")
     if (link or copy) and sort_into is None:
         raise typer.BadParameter("--link/--copy only make sense with --sort-into DIR")
-    clf = Classifier.load(model, device=device)
     show_rows = output is None
     progress = None if quiet else _progress()
     task = progress.add_task("Labelling", total=None, errors=0) if progress is not None else None
@@ -79,14 +77,14 @@ def predict(
 
     try:
         summary = label_library(
-            [str(s) for s in sources], model=clf, output=output, top_k=top_k, batch_size=batch_size,
+            [str(s) for s in sources], model=model, device=device, output=output, top_k=top_k, batch_size=batch_size,
             workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
             sort_mode="link" if link else "copy", on_total=on_total, on_batch=on_batch)
     finally:
         if progress is not None:
             progress.stop()
     if not quiet:
-        _print_summary(summary, clf)
+        _print_summary(summary)
     return EXIT_PARTIAL if summary.errors else EXIT_OK
 
 
@@ -163,10 +161,11 @@ def _print_rows(preds, as_json: bool, progress) -> None:
                           f"{p.score:.2f}  [dim]{alt}[/dim]", highlight=False)
 
 
-def _print_summary(s, clf) -> None:
+def _print_summary(s) -> None:
     top = ", ".join(f"{lab} ({n})" for lab, n in s.label_counts.most_common(5))
-    msg = (f"Labelled {s.processed} images in {s.seconds:.1f}s ({s.images_per_second:.1f} img/s) "
-           f"with {clf.spec.source or clf.spec.model_id}")
+    noun = "image" if s.processed == 1 else "images"
+    msg = (f"Labelled {s.processed} {noun} in {s.seconds:.1f}s ({s.images_per_second:.1f} img/s) "
+           f"with {s.model}")
     if s.skipped:
         msg += f"; {s.skipped} already done (resumed)"
     err.print(msg, highlight=False)

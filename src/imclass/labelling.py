@@ -27,6 +27,7 @@ class LabelSummary:
     errors: int = 0
     seconds: float = 0.0
     output: str | None = None
+    model: str = ""
     label_counts: Counter = field(default_factory=Counter)
 
     @property
@@ -38,6 +39,7 @@ def label_library(
     sources: Sequence[str | os.PathLike],
     *,
     model: str | Classifier = "default",
+    device: str = "auto",
     output: str | os.PathLike | None = None,
     top_k: int = 5,
     batch_size: int = 32,
@@ -70,11 +72,12 @@ def label_library(
         _check_sort_target(sources, sort_into)
 
     sink: Sink | None = open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite) if output else None
-    clf = model if isinstance(model, Classifier) else Classifier.load(model)
+    clf = model if isinstance(model, Classifier) else Classifier.load(model, device=device)
     sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
     done = sink.done if sink else set()
     summary = LabelSummary(skipped=len(done), errors=sink.errors_before if sink else 0,
-                           output=os.fspath(output) if output else None)
+                           output=os.fspath(output) if output else None,
+                           model=clf.spec.source or clf.spec.model_id)
 
     if on_total is not None:
         threading.Thread(target=lambda: on_total(count_image_paths(sources), len(done)),
