@@ -46,11 +46,15 @@ if TYPE_CHECKING:
     from .preprocess import Preprocess
 
 
-def load(name: str = "default", device: str = "auto", threads: int | None = None) -> Classifier:
-    """Load a classifier: ``default`` (embedded ImageNet model), a bundle folder, ``hf:<id>``, a timm name."""
+def load(name: str = "default", device: str = "auto", threads: int | None = None,
+         backend: str = "auto") -> Classifier:
+    """Load a classifier: ``default`` (embedded ImageNet model), a bundle folder, ``hf:<id>``, a timm name.
+
+    ``backend``: ``auto`` (ONNX Runtime on CPU, torch on CUDA), ``torch``, ``onnx`` or ``onnx-int8``.
+    """
     from .classifier import Classifier
 
-    return Classifier.load(name, device=device, threads=threads)
+    return Classifier.load(name, device=device, threads=threads, backend=backend)
 
 
 def __getattr__(name: str):

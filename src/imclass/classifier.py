@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,12 +12,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .engine.backends import TorchBackend, default_threads
+from .engine.backends import TorchBackend, default_threads, resolve_device
 from .engine.pipeline import run_batches
 from .engine.sources import iter_image_paths
+from .errors import ImclassError
 from .images import load_image, source_name
 from .models.spec import ModelSpec
 from .prediction import Prediction, decide, probabilities
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+log = logging.getLogger("imclass")
 
 
 class Classifier:
@@ -26,22 +32,30 @@ class Classifier:
     'tabby'
     """
 
-    def __init__(self, model, spec: ModelSpec, device: str = "auto", threads: int | None = None):
+    def __init__(self, model, spec: ModelSpec, device: str = "auto", threads: int | None = None,
+                 backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ImclassError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.model = model
         self.spec = spec
         self.device = device
         self.threads = threads
+        self.backend_name = backend
         self._backend = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def load(cls, name: str | os.PathLike = "default", device: str = "auto",
-             threads: int | None = None) -> Classifier:
-        """Load a model by name: ``default``, a bundle directory, ``hf:<id>``, a timm name, ..."""
+             threads: int | None = None, backend: str = "auto") -> Classifier:
+        """Load a model by name: ``default``, a bundle directory, ``hf:<id>``, a timm name, ...
+
+        ``backend``: ``auto`` (ONNX Runtime on CPU, exported and cached on first use; torch on CUDA),
+        ``torch``, ``onnx`` or ``onnx-int8`` (needs a bundle made by ``imclass export --int8``).
+        """
         from .models.registry import resolve
 
         model, spec = resolve(name)
-        return cls(model, spec, device=device, threads=threads)
+        return cls(model, spec, device=device, threads=threads, backend=backend)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a bundle directory (``model.safetensors`` + ``imclass.json``)."""
@@ -56,10 +70,44 @@ class Classifier:
 
     @property
     def backend(self):
+        """The runtime that executes the model (built on first use)."""
         if self._backend is None:
-            self._backend = TorchBackend(self.model, self.spec.preprocess, device=self.device,
-                                         threads=self.threads)
+            self._backend = self._make_backend()
         return self._backend
+
+    def _make_backend(self):
+        choice = self.backend_name
+        if choice == "auto":
+            if resolve_device(self.device) != "cpu" or importlib.util.find_spec("onnxruntime") is None:
+                choice = "torch"
+            else:
+                try:
+                    return self._onnx_backend(int8=False)
+                except Exception as e:
+                    log.warning("ONNX Runtime backend unavailable for %s (%s); using torch", self.spec.model_id, e)
+                    choice = "torch"
+        if choice == "torch":
+            return TorchBackend(self.model, self.spec.preprocess, device=self.device, threads=self.threads)
+        if resolve_device(self.device) not in ("cpu", "cuda"):
+            raise ImclassError(f"backend {choice!r} runs on CPU or CUDA, not {self.device!r}")
+        return self._onnx_backend(int8=choice == "onnx-int8")
+
+    def _onnx_backend(self, int8: bool):
+        from .engine.onnx_backend import OnnxBackend
+
+        exported = self.spec.exports.get("onnx") or {}
+        key = "int8" if int8 else "fp32"
+        if self.spec.bundle_dir and exported.get(key):
+            path = Path(self.spec.bundle_dir) / exported[key]
+        elif int8:
+            raise ImclassError(
+                f"{self.spec.source or self.spec.model_id} has no INT8 export: run "
+                "`imclass export MODEL --int8 --calibration IMAGES` and use the exported bundle")
+        else:
+            from .export.cache import cached_onnx
+
+            path = cached_onnx(self.model, self.spec)
+        return OnnxBackend(path, self.spec.preprocess, threads=self.threads)
 
     def __repr__(self) -> str:
         return (f"Classifier({self.spec.model_id}, {self.spec.num_classes} labels, "

@@ -45,10 +45,16 @@ def predict(
     link: Annotated[bool, typer.Option("--link", help="With --sort-into: symlink instead of copying.")] = False,
     copy: Annotated[bool, typer.Option("--copy", help="With --sort-into: copy (the default).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto | torch | onnx | onnx-int8")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Inference threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> int:
-    """Classify every image in SOURCES with the embedded ImageNet model or any MODEL."""
+    """Classify every image in SOURCES with the embedded ImageNet model or any MODEL.
+
+    --backend auto runs ONNX Runtime on CPU (the model is exported and cached on first use) and
+    PyTorch on CUDA.
+    """
     from .labelling import label_library
 
     if link and copy:
@@ -77,7 +83,8 @@ def predict(
 
     try:
         summary = label_library(
-            [str(s) for s in sources], model=model, device=device, output=output, top_k=top_k, batch_size=batch_size,
+            [str(s) for s in sources], model=model, device=device, backend=backend, threads=threads,
+            output=output, top_k=top_k, batch_size=batch_size,
             workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
             sort_mode="link" if link else "copy", on_total=on_total, on_batch=on_batch)
     finally:
@@ -86,6 +93,43 @@ def predict(
     if not quiet:
         _print_summary(summary)
     return EXIT_PARTIAL if summary.errors else EXIT_OK
+
+
+@app.command(epilog="Example: imclass export runs/flowers --int8 --calibration photos/ --out runs/flowers-onnx")
+def export(
+    model: Annotated[str, typer.Argument(help="default | bundle dir | hf:<id> | timm name")] = "default",
+    fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="Also write a static INT8 model (needs --calibration).")] = False,
+    calibration: Annotated[Optional[list[Path]], typer.Option(
+        "--calibration", "-c", help="Photos (files/folders) for INT8 calibration and the parity check.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output bundle folder.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Keep an export that fails the parity check.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> int:
+    """Export MODEL to ONNX (+ static INT8) as a bundle, checked against the PyTorch model."""
+    from .classifier import Classifier
+    from .engine.sources import iter_image_paths
+    from .export.bundle import export_bundle
+
+    if fmt != "onnx":
+        raise typer.BadParameter(f"unsupported format {fmt!r}; only 'onnx' is available", param_hint="--format")
+    images = list(iter_image_paths([str(c) for c in calibration])) if calibration else None
+    target = out or Path(f"{Path(model).name if model != 'default' else 'default'}-onnx")
+    clf = Classifier.load(model, device="cpu", backend="torch")
+    res = export_bundle(clf, target, int8=int8, images=images, force=force)
+    if as_json:
+        out_console = Console()
+        out_console.print_json(json.dumps({"path": str(res.path), "files": res.files, "parity": res.parity,
+                                           "passed": res.passed, "warnings": res.warnings}))
+    else:
+        for kind, p in res.parity.items():
+            err.print(f"{kind}: top-1 agreement with torch {p['top1_agreement']:.2%} on {p['n']} {p['images']} "
+                      f"images, max probability difference {p['max_abs_prob_diff']:.2e}", highlight=False)
+        for w in res.warnings:
+            err.print(f"[bold red]WARNING:[/bold red] {w}")
+        err.print(f"Exported bundle: {res.path} ({', '.join(res.files.values())}); "
+                  f"use it with: imclass predict PHOTOS --model {res.path}", highlight=False)
+    return EXIT_OK
 
 
 @app.command(epilog="Example: imclass models --json")

@@ -40,6 +40,8 @@ def label_library(
     *,
     model: str | Classifier = "default",
     device: str = "auto",
+    backend: str = "auto",
+    threads: int | None = None,
     output: str | os.PathLike | None = None,
     top_k: int = 5,
     batch_size: int = 32,
@@ -72,7 +74,10 @@ def label_library(
         _check_sort_target(sources, sort_into)
 
     sink: Sink | None = open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite) if output else None
-    clf = model if isinstance(model, Classifier) else Classifier.load(model, device=device)
+    if isinstance(model, Classifier):
+        clf = model
+    else:
+        clf = Classifier.load(model, device=device, backend=backend, threads=threads)
     sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
     done = sink.done if sink else set()
     summary = LabelSummary(skipped=len(done), errors=sink.errors_before if sink else 0,

@@ -19,8 +19,11 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, onnx_path: str | os.PathLike, preprocess, threads: int | None = None,
+    def __init__(self, onnx_path: str | os.PathLike, preprocess=None, threads: int | None = None,
                  providers: list[str] | None = None):
+        """``preprocess``: a :class:`~imclass.preprocess.Preprocess`; ``None`` reads the one recorded in the
+        file by :func:`~imclass.export.export_onnx`. ``threads``: intra-op threads (default: all usable cores).
+        ``providers``: ORT execution providers (default: CUDA when available, then CPU)."""
         import onnxruntime as ort
 
         self.path = os.fspath(onnx_path)
@@ -32,11 +35,18 @@ class OnnxBackend:
         if providers is None:
             available = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
+        # ORT's WeightBiasQuantization re-quantizes (per tensor) the float weights of a Conv/Gemm that sits
+        # between DequantizeLinear and QuantizeLinear, i.e. exactly the nodes kept in float on purpose
+        # (quantize_int8(nodes_to_exclude=...)); on depthwise convs that costs a lot of accuracy.
+        self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers,
+                                            disabled_optimizers=["WeightBiasQuantization"])
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        if preprocess is None:
+            preprocess = _recorded_preprocess(self.session, self.path)
+        self.preprocess = preprocess
         std = np.asarray(preprocess.std, dtype=np.float32)
         self._scale = (1.0 / (std * 255.0)).reshape(1, 3, 1, 1)
         self._shift = (-np.asarray(preprocess.mean, dtype=np.float32) / std).reshape(1, 3, 1, 1)
@@ -54,3 +64,15 @@ class OnnxBackend:
 
     def __repr__(self) -> str:
         return f"OnnxBackend({self.path!r}, providers={self.providers})"
+
+
+def _recorded_preprocess(session, path: str):
+    import json
+
+    from ..errors import ImclassError
+    from ..preprocess import Preprocess
+
+    recorded = session.get_modelmeta().custom_metadata_map.get("imclass.preprocess")
+    if not recorded:
+        raise ImclassError(f"{path}: no preprocessing recorded in the ONNX metadata; pass preprocess=")
+    return Preprocess.from_dict(json.loads(recorded))

@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,9 @@ def export_onnx(model, preprocess, path: str | os.PathLike, *, opset: int = 17) 
     model = freeze_same_padding(model.eval(), (h, w))
     dummy = torch.zeros(1, 3, h, w)
     tmp = path.with_name(path.name + ".tmp")
-    import warnings
-
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "You are using the legacy TorchScript-based ..."
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # reversed pads; ORT folds
         torch.onnx.export(
             model, (dummy,), str(tmp),
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -70,7 +70,6 @@ def freeze_same_padding(model, input_size: tuple[int, int]):
     Returns ``model`` itself when it has no such layers, otherwise a modified deep copy.
     """
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
     try:
@@ -82,20 +81,6 @@ def freeze_same_padding(model, input_size: tuple[int, int]):
     same_types = (Conv2dSame, MaxPool2dSame, AvgPool2dSame)
     if not any(isinstance(m, same_types) for m in model.modules()):
         return model
-
-    class _StaticSame(nn.Module):
-        def __init__(self, inner: nn.Module, pads: list[int], value: float):
-            super().__init__()
-            self.inner = inner
-            self.pads = tuple(int(p) for p in pads)
-            self.value = value
-            self._forward = next(c.forward for c in type(inner).__mro__[1:]
-                                 if c.__module__.startswith("torch.nn"))
-
-        def forward(self, x):
-            if any(self.pads):
-                x = F.pad(x, self.pads, value=self.value)
-            return self._forward(self.inner, x)
 
     model = copy.deepcopy(model)
     sizes: dict[str, tuple[int, int]] = {}
@@ -109,13 +94,22 @@ def freeze_same_padding(model, input_size: tuple[int, int]):
             hk.remove()
     for name, size in sizes.items():
         m = model.get_submodule(name)
-        k = m.weight.shape[-2:] if isinstance(m, Conv2dSame) else m.kernel_size
-        dilation = getattr(m, "dilation", (1, 1))
-        value = -float("inf") if isinstance(m, MaxPool2dSame) else 0.0
+        if isinstance(m, Conv2dSame):
+            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, 0, m.dilation, m.groups,
+                              bias=m.bias is not None)
+            plain.weight, plain.bias = m.weight, m.bias
+            pads, value = pad_same_arg(list(size), list(m.kernel_size), list(m.stride), list(m.dilation)), 0.0
+        elif isinstance(m, MaxPool2dSame):
+            plain = nn.MaxPool2d(m.kernel_size, m.stride, 0, m.dilation, ceil_mode=m.ceil_mode)
+            pads, value = pad_same_arg(list(size), list(m.kernel_size), list(m.stride), list(m.dilation)), -float("inf")
+        else:
+            plain = nn.AvgPool2d(m.kernel_size, m.stride, 0, ceil_mode=m.ceil_mode,
+                                 count_include_pad=m.count_include_pad)
+            pads, value = pad_same_arg(list(size), list(m.kernel_size), list(m.stride), [1, 1]), 0.0
+        pads = tuple(int(p) for p in pads)
+        new = nn.Sequential(nn.ConstantPad2d(pads, value), plain) if any(pads) else plain
         parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, _StaticSame(m, pad_same_arg(list(size), list(k), list(m.stride), list(dilation)),
-                                          value))
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new.train(m.training))
     return model
 
 
@@ -142,7 +136,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
                   method: str = "minmax", nodes_to_exclude: Iterable[str] | None = None,
                   exclude_first_conv: bool = False, exclude_last_layer: bool = False,
                   activation_type: str = "uint8", preprocess: bool = True,
-                  extra_options: dict[str, Any] | None = None) -> Path:
+                  extra_options: dict[str, Any] | None = None,
+                  calibration_cache: str | os.PathLike | None = None) -> Path:
     """Static INT8 quantisation (QDQ format, int8 weights) calibrated on ``calibration_batches``.
 
     ``calibration_batches``: normalised float32 NCHW arrays, as the fp32 graph takes them (a few hundred
@@ -152,7 +147,10 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
     ``preprocess`` is true; unknown names raise). ``exclude_first_conv`` / ``exclude_last_layer`` keep the
     stem convolution / the final Gemm or MatMul in float. ``activation_type``: ``uint8`` (U8S8, fastest
     on x86 with VNNI and on ARM) or ``int8`` (S8S8). ``preprocess`` runs ORT's ``quant_pre_process``
-    (symbolic shape inference + graph optimisation) first, which ORT recommends.
+    (symbolic shape inference + graph optimisation) first, which ORT recommends. ``calibration_cache``: a
+    JSON file of tensor ranges (needs an ORT whose ``quantize_static`` has ``calibration_cache_path``): written on the first call, reused (without calibrating) by
+    later calls with the same model, method and pre-processing, e.g. to compare per-channel or exclusions.
+    ``extra_options`` go to ``quantize_static`` (e.g. ``{"CalibPercentile": 99.99}``).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -185,6 +183,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
             exclude += [n for n, on in ((first, exclude_first_conv), (last, exclude_last_layer)) if on and n]
         options = {"CalibStridedMinMax": 1, **(extra_options or {})}  # one batch at a time: bounded memory
         reader = _BatchReader(graph.input[0].name, batches)
+        cache = {} if calibration_cache is None else {"calibration_cache_path": str(calibration_cache)}
         quantize_static(
             str(src), str(int8_path), reader,
             quant_format=QuantFormat.QDQ,
@@ -195,6 +194,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[method],
             extra_options=options,
+            **cache,
         )
     proto = onnx.load(str(int8_path))
     meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}

@@ -4,7 +4,7 @@ Manifest keys (``format_version`` 1)::
 
     format, format_version, architecture, labels, task, preprocess,
     calibration {temperature}, thresholds {labels, unknown}, provenance, training, metrics,
-    versions {imclass, torch, timm, ...}, created, weights
+    exports {onnx: {fp32, int8, parity}}, versions {imclass, torch, timm, ...}, created, weights
 
 Readers refuse a newer ``format_version`` with a message instead of guessing.
 """
@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -56,6 +55,7 @@ def spec_to_manifest(spec: ModelSpec) -> dict[str, Any]:
         "provenance": spec.provenance,
         "training": spec.training,
         "metrics": spec.metrics,
+        "exports": spec.exports,
         "versions": library_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "weights": WEIGHTS,
@@ -106,6 +106,7 @@ def manifest_to_spec(m: dict[str, Any], source: str = "") -> ModelSpec:
             provenance=m.get("provenance") or {},
             training=m.get("training") or {},
             metrics=m.get("metrics") or {},
+            exports=m.get("exports") or {},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{source}: malformed manifest ({e.__class__.__name__}: {e})") from None
@@ -157,11 +158,11 @@ def load_bundle(path: str | os.PathLike):
             f"{path}: weights do not match the architecture "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     model.eval()
+    spec.bundle_dir = os.fspath(path)
     return model, spec
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

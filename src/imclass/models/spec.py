@@ -30,6 +30,8 @@ class ModelSpec:
     provenance: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, Any] = field(default_factory=dict)  # e.g. {"onnx": {"fp32": "model.onnx", ...}}
+    bundle_dir: str | None = None  # set when loaded from a bundle (exported files are relative to it)
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,92 @@
+"""Transparent ONNX export cache, so that ``--backend auto`` runs ONNX Runtime on CPU for any model.
+
+An export is keyed by a fingerprint of the weights, the architecture, the preprocessing and the
+library versions; it is written atomically (concurrent runs are safe) and checked against torch
+before first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImclassError
+from ..models.bundle import library_versions
+from ..models.spec import ModelSpec
+
+OPSET = 17
+#: Largest softmax difference accepted between torch and ONNX Runtime (fp32) on the self-check.
+FP32_TOLERANCE = 1e-3
+
+
+class ExportError(ImclassError):
+    """An export failed or its outputs disagree with the reference model."""
+
+
+def cache_dir() -> Path:
+    """``$IMCLASS_CACHE_DIR``, else ``$XDG_CACHE_HOME/imclass``, else ``~/.cache/imclass``."""
+    if os.environ.get("IMCLASS_CACHE_DIR"):
+        return Path(os.environ["IMCLASS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "imclass"
+
+
+def fingerprint(model, spec: ModelSpec) -> str:
+    """sha256 over the weights and everything that shapes the exported graph."""
+    h = hashlib.sha256()
+    versions = library_versions()
+    h.update(json.dumps({
+        "architecture": spec.architecture, "classes": spec.num_classes, "preprocess": spec.preprocess.to_dict(),
+        "opset": OPSET, "torch": versions.get("torch"), "timm": versions.get("timm"),
+        "imclass": versions.get("imclass"),
+    }, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_onnx(model, spec: ModelSpec) -> Path:
+    """Path of a verified fp32 ONNX export of ``model``, exporting it on first use."""
+    from .onnx import export_onnx
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model_id)
+    path = cache_dir() / "onnx" / f"{stem}-{fingerprint(model, spec)[:20]}.onnx"
+    if path.is_file():
+        return path
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.onnx")
+    try:
+        export_onnx(model, spec.preprocess, tmp, opset=OPSET)
+        check = self_check(model, spec, tmp)
+        if check["max_abs_prob_diff"] > FP32_TOLERANCE:
+            raise ExportError(f"ONNX export of {spec.model_id} disagrees with torch ({check})")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def self_check(model, spec: ModelSpec, onnx_path: Path, n: int = 8, seed: int = 0) -> dict:
+    """Compare torch and ONNX Runtime on ``n`` synthetic images (smooth random fields, not pure noise)."""
+    from ..engine.backends import TorchBackend
+    from ..engine.onnx_backend import OnnxBackend
+    from .onnx import parity
+
+    ref = TorchBackend(model, spec.preprocess, device="cpu")
+    cand = OnnxBackend(onnx_path, spec.preprocess)
+    return parity(ref, cand, [synthetic_batch(spec, n, seed)], multi_label=spec.task == "multi_label")
+
+
+def synthetic_batch(spec: ModelSpec, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` uint8 model inputs with image-like structure (blocky colour fields plus noise)."""
+    h, w = spec.preprocess.input_size
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(n, -(-h // 16), -(-w // 16), 3)).astype(np.uint8)
+    batch = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :h, :w]
+    return np.ascontiguousarray(np.clip(batch + rng.normal(0, 8, batch.shape), 0, 255).astype(np.uint8))
