@@ -17,8 +17,10 @@ SAMPLES = ROOT / "samples"
 
 
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 300,
-            **kwargs) -> subprocess.CompletedProcess:
+            env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run ``imclass ARGS`` as a user would, in a fresh Python process."""
+    if env_extra:
+        kwargs["env"] = {**os.environ, **env_extra}
     return subprocess.run([sys.executable, "-m", "imclass", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 

@@ -1,0 +1,116 @@
+"""The ONNX Runtime backend inside Classifier and `imclass export` bundles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+from PIL import Image
+
+from conftest import SAMPLES, run_cli
+from imclass.classifier import Classifier
+from imclass.errors import ImclassError
+from imclass.export import bundle as export_mod
+from imclass.export.bundle import export_bundle
+from imclass.export.cache import ExportError
+from imclass.models.spec import ModelSpec
+from imclass.preprocess import Preprocess
+
+
+def tiny(backend="auto", seed=0) -> Classifier:
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3).eval()
+    spec = ModelSpec(architecture={"family": "timm", "name": "test_efficientnet", "kwargs": {}},
+                     labels=["red", "green", "blue"], preprocess=Preprocess(input_size=(64, 64), crop_pct=1.0))
+    return Classifier(model, spec, device="cpu", backend=backend)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(80):
+        arr = np.zeros((80, 96, 3), np.uint8)
+        arr[..., i % 3] = 160 + rng.integers(0, 90)
+        arr[20:50, 30:70] = rng.integers(0, 255, size=3)
+        p = tmp_path / "photos" / f"p{i:02d}.jpg"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(arr).save(p, quality=92)
+        out.append(str(p))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMCLASS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_auto_on_cpu_uses_a_cached_onnx_export_that_matches_torch(photos, cache):
+    auto, ref = tiny("auto"), tiny("torch")
+    assert auto.backend.name == "onnx" and ref.backend.name == "torch"
+    files = list((cache / "onnx").glob("*.onnx"))
+    assert len(files) == 1
+    a, b = auto.predict_proba(photos), ref.predict_proba(photos)
+    assert np.abs(a - b).max() < 1e-4
+    mtime = files[0].stat().st_mtime_ns
+    assert tiny("onnx").backend.path == str(files[0]) and files[0].stat().st_mtime_ns == mtime  # reused
+    other = tiny("onnx", seed=1)  # other weights -> another export
+    assert other.backend.path != str(files[0])
+
+
+def test_int8_backend_needs_an_export():
+    with pytest.raises(ImclassError, match="imclass export"):
+        tiny("onnx-int8").backend  # noqa: B018
+    with pytest.raises(ImclassError, match="unknown backend"):
+        tiny("tensorrt")
+
+
+def test_export_bundle_with_int8_round_trip(photos, tmp_path):
+    res = export_bundle(tiny("torch"), tmp_path / "exp", int8=True, images=photos, force=True)
+    manifest = json.loads((tmp_path / "exp" / "imclass.json").read_text())
+    onnx = manifest["exports"]["onnx"]
+    assert onnx["fp32"] == "model.onnx" and onnx["int8"] == "model.int8.onnx"
+    assert onnx["parity"]["fp32"]["top1_agreement"] == 1.0 and onnx["parity"]["fp32"]["images"] == "photos"
+    assert onnx["parity"]["fp32"]["n"] == 40  # the alternate half of the photos, never the calibration half
+    assert onnx["parity"]["int8"]["calibration_images"] == 40
+    assert (tmp_path / "exp" / "model.int8.onnx").stat().st_size < (tmp_path / "exp" / "model.onnx").stat().st_size
+    assert res.parity == onnx["parity"]
+    fp32 = Classifier.load(tmp_path / "exp", device="cpu", backend="onnx")
+    assert fp32.backend.path.endswith("model.onnx")
+    ref = tiny("torch").predict_proba(photos)
+    assert np.abs(fp32.predict_proba(photos) - ref).max() < 1e-4
+    q = Classifier.load(tmp_path / "exp", device="cpu", backend="onnx-int8")
+    assert q.backend.path.endswith("model.int8.onnx")
+    assert q.predict_proba(photos).shape == ref.shape
+
+
+def test_export_refuses_below_threshold_unless_forced(photos, tmp_path, monkeypatch):
+    monkeypatch.setitem(export_mod.MIN_AGREEMENT, "fp32", 1.01)  # nothing can pass
+    with pytest.raises(ExportError, match="refusing"):
+        export_bundle(tiny("torch"), tmp_path / "a", images=photos)
+    res = export_bundle(tiny("torch"), tmp_path / "b", images=photos, force=True)
+    assert not res.passed and "agrees with torch" in res.warnings[0]
+    assert json.loads((tmp_path / "b" / "imclass.json").read_text())["exports"]["onnx"]["passed"] is False
+
+
+def test_int8_without_calibration_photos_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="--calibration"):
+        export_bundle(tiny("torch"), tmp_path / "x", int8=True, images=None)
+
+
+@pytest.mark.slow
+def test_cli_export_then_predict_with_the_exported_bundle(tmp_path):
+    out = tmp_path / "default-onnx"
+    r = run_cli("export", "default", "--out", str(out), "--json", env_extra={"IMCLASS_CACHE_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["passed"] and info["parity"]["fp32"]["top1_agreement"] == 1.0
+    r = run_cli("predict", str(SAMPLES), "--model", str(out), "--backend", "onnx", "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line) for line in r.stdout.splitlines()}
+    assert rows["coffee.jpg"]["label"] == "espresso"
