@@ -132,6 +132,27 @@ def export(
     return EXIT_OK
 
 
+@app.command(epilog="Example: imclass serve runs/flowers --port 8000 --api-key $KEY")
+def serve(
+    model: Annotated[str, typer.Argument(help="default | bundle dir | hf:<id> | timm name")] = "default",
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Server processes.")] = 1,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Images per model call.")] = 32,
+    max_wait_ms: Annotated[int, typer.Option("--max-wait-ms", min=0, help="Wait to fill a batch.")] = 5,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="IMCLASS_API_KEY",
+                                                   help="Require this key (X-API-Key or Bearer).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Request size limit.")] = 20.0,
+    max_files: Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")] = 64,
+) -> int:
+    """Serve MODEL over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /docs."""
+    from .serve.cli import serve_command
+
+    return serve_command(model, host, port, workers, max_batch, max_wait_ms, api_key, device,
+                         max_body_mb=max_body_mb, max_files=max_files)
+
+
 @app.command(epilog="Example: imclass models --json")
 def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> int:
     """List the embedded model and the ways to name other models."""
