@@ -25,6 +25,14 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 3
                           text=True, timeout=timeout, **kwargs)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Keep ONNX exports made by tests out of the user's cache (shared by all tests of a session)."""
+    if os.environ.get("IMCLASS_TEST_KEEP_CACHE") != "1":
+        os.environ["IMCLASS_CACHE_DIR"] = str(tmp_path_factory.mktemp("imclass-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def datasets() -> Path:
     if not DATASETS.is_dir():

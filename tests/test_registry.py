@@ -64,7 +64,7 @@ def test_timm_folder_layout(timm_folder):
 
 
 def test_timm_folder_loads_with_same_logits_and_labels(tiny, timm_folder):
-    clf = Classifier.load(timm_folder, device="cpu")
+    clf = Classifier.load(timm_folder, device="cpu", backend="torch")
     assert clf.labels == LABELS
     assert clf.spec.architecture == {"family": "timm", "name": ARCH, "kwargs": {}}
     assert clf.spec.source == str(timm_folder)
@@ -80,7 +80,7 @@ def test_timm_folder_without_label_names_gets_generic_labels(tiny, tmp_path):
     from timm.models._hub import save_for_hf
 
     save_for_hf(tiny, str(tmp_path / "f"), safe_serialization=True)
-    clf = Classifier.load(tmp_path / "f", device="cpu")
+    clf = Classifier.load(tmp_path / "f", device="cpu", backend="torch")
     assert clf.labels == ["class_0", "class_1", "class_2"]
     same_logits(clf, tiny, 64)
 
@@ -107,7 +107,7 @@ def test_name_at_checkpoint_keeps_the_fine_tuned_head(tiny, tmp_path, fmt):
         save_file(tiny.state_dict(), str(ckpt))
     else:
         torch.save(tiny.state_dict(), ckpt)
-    clf = Classifier.load(f"{ARCH}@{ckpt}", device="cpu")
+    clf = Classifier.load(f"{ARCH}@{ckpt}", device="cpu", backend="torch")
     assert clf.spec.num_classes == 3
     assert clf.model.num_classes == 3
     assert clf.labels == ["class_0", "class_1", "class_2"]
@@ -162,7 +162,7 @@ def hf_input(n: int = 2) -> np.ndarray:
 
 def test_hf_folder_loads(hf_folder):
     model, path = hf_folder
-    clf = Classifier.load(f"hf:{path}", device="cpu")
+    clf = Classifier.load(f"hf:{path}", device="cpu", backend="torch")
     assert clf.labels == ["apple", "banana", "cherry"]
     assert clf.spec.architecture["family"] == "hf"
     assert clf.spec.model_id == "hf:vit"
@@ -183,7 +183,7 @@ def test_hf_preprocessing_matches_the_image_processor(hf_folder):
     from transformers import ViTImageProcessor
 
     _, path = hf_folder
-    clf = Classifier.load(f"hf:{path}", device="cpu")
+    clf = Classifier.load(f"hf:{path}", device="cpu", backend="torch")
     img = Image.fromarray(hf_input(1)[0])  # already 32x32: no resampling differences
     want = ViTImageProcessor.from_pretrained(path)(img, return_tensors="np")["pixel_values"]
     got = clf.spec.preprocess.normalize(clf.spec.preprocess.to_array(img)[None])
@@ -192,14 +192,14 @@ def test_hf_preprocessing_matches_the_image_processor(hf_folder):
 
 def test_hf_model_saved_as_bundle_reloads(hf_folder, tmp_path):
     _, path = hf_folder
-    clf = Classifier.load(f"hf:{path}", device="cpu")
+    clf = Classifier.load(f"hf:{path}", device="cpu", backend="torch")
     clf.spec.temperature = 1.5
     clf.save(tmp_path / "bundle")
     manifest = json.loads((tmp_path / "bundle" / "imclass.json").read_text())
     assert manifest["architecture"]["family"] == "hf"
     assert manifest["architecture"]["config"]["model_type"] == "vit"
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["imclass.json", "model.safetensors"]
-    again = Classifier.load(tmp_path / "bundle", device="cpu")
+    again = Classifier.load(tmp_path / "bundle", device="cpu", backend="torch")
     assert again.spec.architecture["family"] == "hf"
     assert again.labels == clf.labels
     assert again.spec.preprocess == clf.spec.preprocess
@@ -211,7 +211,7 @@ def test_hf_model_saved_as_bundle_reloads(hf_folder, tmp_path):
 def test_hf_folder_without_processor_gets_default_preprocessing(hf_folder, tmp_path):
     model, _ = hf_folder
     model.save_pretrained(tmp_path / "bare")
-    clf = Classifier.load(f"hf:{tmp_path / 'bare'}", device="cpu")
+    clf = Classifier.load(f"hf:{tmp_path / 'bare'}", device="cpu", backend="torch")
     assert clf.labels == ["apple", "banana", "cherry"]
     assert clf.spec.preprocess == Preprocess()
 

@@ -36,7 +36,9 @@ class Classifier:
                  backend: str = "auto"):
         if backend not in BACKENDS:
             raise ImclassError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        self.model = model
+        self._model = model
+        self._model_loader = None  # builds the torch module on demand (fast ONNX start-up path)
+        self._onnx_path: str | None = None
         self.spec = spec
         self.device = device
         self.threads = threads
@@ -54,8 +56,26 @@ class Classifier:
         """
         from .models.registry import resolve
 
+        if backend in ("auto", "onnx") and resolve_device(device) == "cpu":
+            fast = _fast_onnx_start(name)
+            if fast is not None:  # a verified ONNX export exists: no torch import needed to predict
+                spec, onnx_path, loader = fast
+                clf = cls(None, spec, device=device, threads=threads, backend=backend)
+                clf._model_loader, clf._onnx_path = loader, onnx_path
+                return clf
         model, spec = resolve(name)
         return cls(model, spec, device=device, threads=threads, backend=backend)
+
+    @property
+    def model(self):
+        """The torch module (built on first use when the classifier was loaded from an ONNX export)."""
+        if self._model is None and self._model_loader is not None:
+            self._model = self._model_loader()
+        return self._model
+
+    @model.setter
+    def model(self, value) -> None:
+        self._model = value
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a bundle directory (``model.safetensors`` + ``imclass.json``)."""
@@ -97,16 +117,20 @@ class Classifier:
 
         exported = self.spec.exports.get("onnx") or {}
         key = "int8" if int8 else "fp32"
-        if self.spec.bundle_dir and exported.get(key):
+        if self._onnx_path and not int8:
+            path = Path(self._onnx_path)
+        elif self.spec.bundle_dir and exported.get(key):
             path = Path(self.spec.bundle_dir) / exported[key]
         elif int8:
             raise ImclassError(
                 f"{self.spec.source or self.spec.model_id} has no INT8 export: run "
                 "`imclass export MODEL --int8 --calibration IMAGES` and use the exported bundle")
         else:
-            from .export.cache import cached_onnx
+            from .export.cache import cached_onnx, remember_default
 
             path = cached_onnx(self.model, self.spec)
+            if self.spec.source == "default":
+                remember_default(self.spec, path)
         return OnnxBackend(path, self.spec.preprocess, threads=self.threads)
 
     def __repr__(self) -> str:
@@ -169,6 +193,32 @@ class Classifier:
                                  workers=default_workers() if workers is None else workers):
             rows.extend(p.probs if isinstance(p, _ProbRow) else nan for p in batch)
         return np.stack(rows) if rows else np.zeros((0, self.spec.num_classes))
+
+
+def _fast_onnx_start(name: str | os.PathLike):
+    """``(spec, onnx path, torch loader)`` when ``name`` can run from an existing ONNX export, else None."""
+    from .models import default
+    from .models.bundle import is_bundle, load_bundle, manifest_to_spec, read_manifest
+
+    name = os.fspath(name)
+    if name in default.NAMES:
+        from .export.cache import recall_default
+
+        found = recall_default()
+        if found is None:
+            return None
+        spec, path = found
+        return spec, path, lambda: default.build()[0]
+    if is_bundle(name):
+        try:
+            spec = manifest_to_spec(read_manifest(name), source=name)
+        except ImclassError:
+            return None  # the normal path reports the problem
+        fp32 = (spec.exports.get("onnx") or {}).get("fp32")
+        if fp32 and (Path(name) / fp32).is_file():
+            spec.bundle_dir = name
+            return spec, str(Path(name) / fp32), lambda: load_bundle(name)[0]
+    return None
 
 
 def default_workers() -> int:

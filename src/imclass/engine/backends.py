@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -17,7 +18,16 @@ class Backend(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+def accelerator_possible() -> bool:
+    """Cheap check (no torch import) for whether a GPU could be present at all."""
+    return sys.platform == "darwin" or any(
+        os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd"))
+
+
 def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` / ``mps`` / ``cpu``; checks that an explicit CUDA device exists."""
+    if device == "cpu" or (device == "auto" and not accelerator_possible()):
+        return "cpu"  # without importing torch: keeps start-up short on CPU-only machines
     import torch
 
     if device == "auto":

@@ -72,6 +72,39 @@ def cached_onnx(model, spec: ModelSpec) -> Path:
     return path
 
 
+def _default_index() -> Path:
+    from ..models import default
+
+    st = os.stat(default.weights_path())
+    versions = library_versions()
+    key = hashlib.sha256(json.dumps([st.st_size, st.st_mtime_ns, default.weights_path(), versions.get("imclass"),
+                                     versions.get("timm"), versions.get("torch"), OPSET]).encode()).hexdigest()
+    return cache_dir() / "onnx" / f"default-{key[:20]}.json"
+
+
+def remember_default(spec: ModelSpec, onnx_path: Path) -> None:
+    """Record the default model's verified export so that later runs start without torch."""
+    from ..models.bundle import spec_to_manifest
+
+    index = _default_index()
+    tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"onnx": str(onnx_path), "manifest": spec_to_manifest(spec)}), encoding="utf-8")
+    os.replace(tmp, index)
+
+
+def recall_default() -> tuple[ModelSpec, str] | None:
+    """``(spec, onnx path)`` of the default model's cached export, if one was recorded and still exists."""
+    from ..models.bundle import manifest_to_spec
+
+    try:
+        data = json.loads(_default_index().read_text(encoding="utf-8"))
+        if not Path(data["onnx"]).is_file():
+            return None
+        return manifest_to_spec(data["manifest"], source="default"), data["onnx"]
+    except (OSError, ValueError, KeyError, TypeError, ImclassError):
+        return None
+
+
 def self_check(model, spec: ModelSpec, onnx_path: Path, n: int = 8, seed: int = 0) -> dict:
     """Compare torch and ONNX Runtime on ``n`` synthetic images (smooth random fields, not pure noise)."""
     from ..engine.backends import TorchBackend

@@ -31,7 +31,8 @@ class ModelSpec:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     exports: dict[str, Any] = field(default_factory=dict)  # e.g. {"onnx": {"fp32": "model.onnx", ...}}
-    bundle_dir: str | None = None  # set when loaded from a bundle (exported files are relative to it)
+    # set when loaded from a bundle (exported files are relative to it); runtime state, not compared
+    bundle_dir: str | None = field(default=None, compare=False)
 
     @property
     def num_classes(self) -> int:
