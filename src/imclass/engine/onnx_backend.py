@@ -32,6 +32,9 @@ class OnnxBackend:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: the decode pool needs those cores (measured on 2 busy cores:
+        # 77 vs 65 img/s for Lite0 fp32 with spinning off vs on).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if providers is None:
             available = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
