@@ -101,7 +101,8 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
     int8: Annotated[bool, typer.Option("--int8", help="Also write a static INT8 model (needs --calibration).")] = False,
     calibration: Annotated[Optional[list[Path]], typer.Option(
-        "--calibration", "-c", help="Photos (files/folders) for INT8 calibration and the parity check.")] = None,
+        "--calibration", "-c",
+        help="Photos (file or folder; repeat for more) for INT8 calibration and the parity check.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output bundle folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Keep an export that fails the parity check.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -123,8 +124,8 @@ def export(
                                            "passed": res.passed, "warnings": res.warnings}))
     else:
         for kind, p in res.parity.items():
-            err.print(f"{kind}: top-1 agreement with torch {p['top1_agreement']:.2%} on {p['n']} {p['images']} "
-                      f"images, max probability difference {p['max_abs_prob_diff']:.2e}", highlight=False)
+            err.print(f"{kind}: top-1 agreement with torch {p['top1_agreement']:.2%} on {p['n']} {p['images']}, "
+                      f"max probability difference {p['max_abs_prob_diff']:.2e}", highlight=False)
         for w in res.warnings:
             err.print(f"[bold red]WARNING:[/bold red] {w}")
         err.print(f"Exported bundle: {res.path} ({', '.join(res.files.values())}); "

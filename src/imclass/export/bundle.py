@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 from collections.abc import Sequence
@@ -73,12 +75,13 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
     result = ExportResult(out, files)
     fp32 = OnnxBackend(out / files["fp32"], spec.preprocess)
     result.parity["fp32"] = parity(ref, fp32, check_batches, multi_label=multi)
-    result.parity["fp32"]["images"] = "photos" if parity_paths else "synthetic"
+    result.parity["fp32"]["images"] = "photos" if parity_paths else "synthetic images"
     _judge(result, "fp32", force)
     if int8:
         files["int8"] = "model.int8.onnx"
         calib = [fp32.normalize(b) for b in _uint8_batches(clf, calib_paths, batch_size)]
-        quantize_int8(out / files["fp32"], out / files["int8"], calib, **INT8_SETTINGS)
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
+            quantize_int8(out / files["fp32"], out / files["int8"], calib, **INT8_SETTINGS)
         q = OnnxBackend(out / files["int8"], spec.preprocess)
         result.parity["int8"] = parity(ref, q, check_batches, multi_label=multi)
         result.parity["int8"]["images"] = "photos"
