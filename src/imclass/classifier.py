@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .engine.backends import TorchBackend, default_threads, resolve_device
-from .engine.pipeline import run_batches
+from .engine.pipeline import DEFAULT_BATCH_SIZE, run_batches
 from .engine.sources import iter_image_paths
 from .errors import ImclassError
 from .images import load_image, source_name
@@ -149,7 +149,7 @@ class Classifier:
         return self.backend(batch)
 
     def predict_iter(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
-                     batch_size: int = 32, workers: int | None = None,
+                     batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                      reject_unknown: bool = True) -> Iterator[Prediction]:
         """Stream predictions one by one, in input order, with flat memory (any iterable works)."""
         for batch in self.predict_batches(images, top_k=top_k, batch_size=batch_size, workers=workers,
@@ -157,7 +157,7 @@ class Classifier:
             yield from batch
 
     def predict_batches(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
-                        batch_size: int = 32, workers: int | None = None,
+                        batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                         reject_unknown: bool = True) -> Iterator[list[Prediction]]:
         """Stream predictions batch by batch. ``images``: paths, folders, PIL images or bytes."""
         items = _expand(images)
@@ -172,13 +172,13 @@ class Classifier:
         )
 
     def predict(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
-                batch_size: int = 32, workers: int | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                 reject_unknown: bool = True) -> list[Prediction]:
         """Predict a list of images (or a folder). Unreadable images give rows with ``error`` set."""
         return list(self.predict_iter(images, top_k=top_k, batch_size=batch_size, workers=workers,
                                       reject_unknown=reject_unknown))
 
-    def predict_proba(self, images: Iterable[Any], *, batch_size: int = 32,
+    def predict_proba(self, images: Iterable[Any], *, batch_size: int = DEFAULT_BATCH_SIZE,
                       workers: int | None = None) -> np.ndarray:
         """Calibrated probabilities ``(N, classes)``; rows of unreadable images are NaN."""
         rows: list[np.ndarray] = []

@@ -37,7 +37,7 @@ def predict(
     model: Annotated[str, typer.Option("--model", "-m", help="default | bundle dir | hf:<id> | timm name")] = "default",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image in the output.")] = 5,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File: .csv .jsonl .json .parquet")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 16,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decode threads.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into --output.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,

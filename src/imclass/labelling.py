@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .classifier import Classifier
+from .engine.pipeline import DEFAULT_BATCH_SIZE
 from .engine.sinks import Sink, open_sink
 from .engine.sorting import Sorter
 from .engine.sources import count_image_paths, iter_image_paths, validate_sources
@@ -44,7 +45,7 @@ def label_library(
     threads: int | None = None,
     output: str | os.PathLike | None = None,
     top_k: int = 5,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     resume: bool = False,
     overwrite: bool = False,

@@ -17,6 +17,10 @@ import numpy as np
 from ..errors import ImageLoadError
 from ..prediction import Prediction
 
+#: Images per model call. 16 measured fastest end to end for EfficientNet-Lite0 on 2 cores with both
+#: backends (bench/RESULTS.md: torch 1.53x the naive loop at 16 vs 1.22x at 32; ONNX Runtime flat).
+DEFAULT_BATCH_SIZE = 16
+
 Decoded = tuple[str, "np.ndarray | None", "str | None"]  # (name, uint8 HWC or None, error)
 
 
@@ -26,7 +30,7 @@ def run_batches(
     decode: Callable[[Any], np.ndarray],
     infer: Callable[[np.ndarray, list[str]], list[Prediction]],
     name_of: Callable[[Any], str],
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 2,
 ) -> Iterator[list[Prediction]]:
     """Yield one list of predictions per input chunk of ``batch_size`` items, in input order.
