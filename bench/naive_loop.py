@@ -4,10 +4,11 @@ One image at a time: PIL open, build timm's eval transform (again, for every ima
 seed code does), eager forward of a single NCHW image, softmax, argmax. No batching, no decode overlap,
 no channels-last. Same model and weights as ``imclass predict`` (``imclass.load('default').model``).
 
-    python bench/naive_loop.py FOLDER --output naive.csv [--timing timing.json]
+    python bench/naive_loop.py FOLDER --output naive.csv [--timing timing.json] [--threads N]
 
 ``--timing`` writes in-process timestamps (seconds since the script started) so that the caller can
-separate start-up from steady-state throughput.
+separate start-up from steady-state throughput; ``--max-seconds`` stops the loop early (``n`` < ``total``
+in the timing file) when the caller cannot wait for all photos.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--output", type=Path, required=True)
     ap.add_argument("--timing", type=Path)
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads(N); default: torch's own (all cores)")
+    ap.add_argument("--max-seconds", type=float,
+                    help="stop after this long in the loop (the caller extrapolates from the timing file)")
     args = ap.parse_args()
 
     import torch
@@ -37,6 +41,8 @@ def main() -> None:
 
     import imclass
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     clf = imclass.load("default", device="cpu")
     model, labels = clf.model.eval(), clf.labels
     t_ready = time.perf_counter() - T0
@@ -45,7 +51,10 @@ def main() -> None:
     warm = min(10, max(0, len(paths) - 1))  # images excluded from the steady-state window
     t_warm = t_ready
     rows = []
+    done = 0
     for i, path in enumerate(paths):
+        if args.max_seconds and i > warm and time.perf_counter() - T0 - t_ready > args.max_seconds:
+            break
         img = Image.open(path).convert("RGB")
         transform = create_transform(**resolve_data_config({}, model=model))
         x = transform(img).unsqueeze(0)
@@ -54,7 +63,8 @@ def main() -> None:
         probs = torch.softmax(logits, dim=1)
         idx = int(probs.argmax(dim=1))
         rows.append((str(path), labels[idx], f"{float(probs[0, idx]):.6f}"))
-        if i + 1 == warm:
+        done = i + 1
+        if done == warm:
             t_warm = time.perf_counter() - T0
     t_end = time.perf_counter() - T0
 
@@ -63,7 +73,7 @@ def main() -> None:
         w.writerow(["path", "label", "score"])
         w.writerows(rows)
     if args.timing:
-        args.timing.write_text(json.dumps({"n": len(paths), "warm": warm, "t_ready": t_ready,
+        args.timing.write_text(json.dumps({"n": done, "total": len(paths), "warm": warm, "t_ready": t_ready,
                                            "t_warm": t_warm, "t_end": t_end}))
 
 
