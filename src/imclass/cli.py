@@ -245,14 +245,10 @@ def _print_summary(s) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes and one-line messages (no tracebacks for user errors)."""
-    import os
     import warnings
 
     from PIL import Image
 
-    # OpenMP threads that spin while idle starve the decode threads on small machines: passive
-    # waiting measured 1.90x vs 1.40x the naive loop with the torch backend (bench/RESULTS.md).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .errors import ImclassError
 
     # Oversized images become error rows with our own message; Pillow's warning would only add noise.

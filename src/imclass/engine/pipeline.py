@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import ImageLoadError
 from ..prediction import Prediction
 
-#: Images per model call. 16 measured fastest end to end for EfficientNet-Lite0 on 2 cores with both
-#: backends (bench/RESULTS.md: torch 1.53x the naive loop at 16 vs 1.22x at 32; ONNX Runtime flat).
+#: Images per model call. On 2 cores batch size barely matters for EfficientNet-Lite0 (A/B, torch
+#: backend, 1,000 photos: 16 -> 38.7 s, 8 -> 39.7 s, 32 -> 41.7 s; bench/ab.py, bench/RESULTS.md).
 DEFAULT_BATCH_SIZE = 16
 
 Decoded = tuple[str, "np.ndarray | None", "str | None"]  # (name, uint8 HWC or None, error)
