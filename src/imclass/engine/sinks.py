@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,15 @@ def csv_row(p: Prediction, top_k: int) -> list[Any]:
     return row
 
 
-class Sink:
+class Sink(ABC):
     """Base: ``done`` holds the paths already in the output (for ``--resume``)."""
 
     done: set[str]
     errors_before: int = 0
 
+    @abstractmethod
     def write(self, preds: list[Prediction]) -> None:
-        raise NotImplementedError
+        """Append one batch of rows and flush them."""
 
     def close(self) -> None:
         """Finish the output (called when the run completes)."""
