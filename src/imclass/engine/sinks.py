@@ -57,6 +57,7 @@ class Sink(ABC):
     def write(self, preds: list[Prediction]) -> None:
         """Append one batch of rows and flush them."""
 
+    @abstractmethod
     def close(self) -> None:
         """Finish the output (called when the run completes)."""
 
