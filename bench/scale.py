@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
+DATASETS = Path(os.environ.get("IMCLASS_DATASETS", ROOT.parent / "shared" / "datasets"))
 OUT = ROOT / "bench" / "out" / "scale"
 IMCLASS = [sys.executable, "-m", "imclass"]
 

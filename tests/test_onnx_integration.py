@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -87,6 +91,53 @@ def test_export_bundle_with_int8_round_trip(photos, tmp_path):
     q = Classifier.load(tmp_path / "exp", device="cpu", backend="onnx-int8")
     assert q.backend.path.endswith("model.int8.onnx")
     assert q.predict_proba(photos).shape == ref.shape
+
+
+# Loads a bundle with one backend in a fresh process, predicts, and reports whether torch was imported.
+TORCH_FREE_PREDICT = textwrap.dedent("""
+    import json, sys
+    from imclass.classifier import Classifier
+
+    clf = Classifier.load(sys.argv[1], device="cpu", backend=sys.argv[2])
+    preds = clf.predict(sys.argv[3:], top_k=1)
+    print(json.dumps({"onnx": clf.backend.path, "labels": [p.label for p in preds],
+                      "errors": [p.error for p in preds], "torch_imported": "torch" in sys.modules}))
+""")
+
+
+def predict_in_fresh_process(bundle, backend: str, photos: list[str]) -> dict:
+    r = subprocess.run([sys.executable, "-c", TORCH_FREE_PREDICT, str(bundle), backend, *photos],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_int8_bundle_starts_and_predicts_without_importing_torch(photos, tmp_path):
+    exp = tmp_path / "exp"
+    export_bundle(tiny("torch"), exp, int8=True, images=photos, force=True)
+    some = photos[:12]
+    for backend, onnx_file in (("onnx-int8", "model.int8.onnx"), ("onnx", "model.onnx")):
+        out = predict_in_fresh_process(exp, backend, some)
+        assert out["torch_imported"] is False, backend
+        assert out["onnx"] == str(exp / onnx_file)
+        assert out["errors"] == [None] * len(some)
+        # Same labels as the same backend loaded in this (torch-importing) process.
+        ref = Classifier.load(exp, device="cpu", backend=backend)
+        assert out["labels"] == [p.label for p in ref.predict(some, top_k=1)]
+    q = Classifier.load(exp, device="cpu", backend="onnx-int8")
+    assert q._model is None  # fast start: the torch module is only built on demand
+    assert isinstance(q.model, __import__("torch").nn.Module) and q.model.training is False
+
+
+def test_int8_backend_refuses_a_bundle_without_an_int8_export(tmp_path):
+    exp = tmp_path / "fp32-only"
+    export_bundle(tiny("torch"), exp)  # no --int8: model.onnx only
+    clf = Classifier.load(exp, device="cpu", backend="onnx-int8")
+    with pytest.raises(ImclassError, match=r"no INT8 export: run `imclass export MODEL --int8"):
+        clf.backend  # noqa: B018
+    (exp / "model.int8.onnx").write_bytes(b"stray file the manifest does not list")
+    with pytest.raises(ImclassError, match="no INT8 export"):
+        Classifier.load(exp, device="cpu", backend="onnx-int8").backend  # noqa: B018
 
 
 def test_export_refuses_below_threshold_unless_forced(photos, tmp_path, monkeypatch):

@@ -56,12 +56,15 @@ class Classifier:
         """
         from .models.registry import resolve
 
-        if backend in ("auto", "onnx") and resolve_device(device) == "cpu":
-            fast = _fast_onnx_start(name)
+        if backend in ("auto", "onnx", "onnx-int8") and resolve_device(device) == "cpu":
+            int8 = backend == "onnx-int8"
+            fast = _fast_onnx_start(name, int8=int8)
             if fast is not None:  # a verified ONNX export exists: no torch import needed to predict
                 spec, onnx_path, loader = fast
                 clf = cls(None, spec, device=device, threads=threads, backend=backend)
-                clf._model_loader, clf._onnx_path = loader, onnx_path
+                clf._model_loader = loader
+                if not int8:  # an INT8 file is always taken from the bundle's manifest (spec.bundle_dir)
+                    clf._onnx_path = onnx_path
                 return clf
         model, spec = resolve(name)
         return cls(model, spec, device=device, threads=threads, backend=backend)
@@ -195,13 +198,20 @@ class Classifier:
         return np.stack(rows) if rows else np.zeros((0, self.spec.num_classes))
 
 
-def _fast_onnx_start(name: str | os.PathLike):
-    """``(spec, onnx path, torch loader)`` when ``name`` can run from an existing ONNX export, else None."""
+def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):
+    """``(spec, onnx path, torch loader)`` when ``name`` can run from an existing ONNX export, else None.
+
+    fp32: the cached export of the default model, or a bundle's ``model.onnx``. ``int8``: a bundle's
+    INT8 file (made by ``imclass export --int8``). Anything else (no such file, a malformed manifest)
+    gives None, and the normal path loads the torch model and reports what is missing.
+    """
     from .models import default
     from .models.bundle import is_bundle, load_bundle, manifest_to_spec, read_manifest
 
     name = os.fspath(name)
     if name in default.NAMES:
+        if int8:
+            return None  # the default model has no INT8 export of its own
         from .export.cache import recall_default
 
         found = recall_default()
@@ -214,10 +224,10 @@ def _fast_onnx_start(name: str | os.PathLike):
             spec = manifest_to_spec(read_manifest(name), source=name)
         except ImclassError:
             return None  # the normal path reports the problem
-        fp32 = (spec.exports.get("onnx") or {}).get("fp32")
-        if fp32 and (Path(name) / fp32).is_file():
+        onnx_file = (spec.exports.get("onnx") or {}).get("int8" if int8 else "fp32")
+        if isinstance(onnx_file, str) and onnx_file and (Path(name) / onnx_file).is_file():
             spec.bundle_dir = name
-            return spec, str(Path(name) / fp32), lambda: load_bundle(name)[0]
+            return spec, str(Path(name) / onnx_file), lambda: load_bundle(name)[0]
     return None
 
 
