@@ -3,6 +3,7 @@
 >>> import imclass
 >>> clf = imclass.load()                      # embedded ImageNet model, offline
 >>> [p.label for p in clf.predict("photos/")] # a folder, paths or PIL images
+>>> clf, result = imclass.train("my_classes/", out="runs/mine")  # class folders or a CSV
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Classifier",
+    "Dataset",
     "ImageLoadError",
     "ImclassError",
     "LabelSummary",
     "ModelNotFoundError",
     "Prediction",
     "Preprocess",
+    "TrainConfig",
+    "TrainResult",
     "__version__",
     "label_library",
     "load",
+    "load_dataset",
     "load_image",
+    "train",
 ]
 
 _LAZY = {
@@ -32,6 +38,11 @@ _LAZY = {
     "label_library": ".labelling",
     "LabelSummary": ".labelling",
     "load_image": ".images",
+    "Dataset": ".data",
+    "load_dataset": ".data",
+    "train": ".training.api",
+    "TrainConfig": ".training.config",
+    "TrainResult": ".training.config",
     "ImclassError": ".errors",
     "ImageLoadError": ".errors",
     "ModelNotFoundError": ".errors",
@@ -39,11 +50,14 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .classifier import Classifier
+    from .data import Dataset, load_dataset
     from .errors import ImageLoadError, ImclassError, ModelNotFoundError
     from .images import load_image
     from .labelling import LabelSummary, label_library
     from .prediction import Prediction
     from .preprocess import Preprocess
+    from .training.api import train
+    from .training.config import TrainConfig, TrainResult
 
 
 def load(name: str = "default", device: str = "auto", threads: int | None = None,

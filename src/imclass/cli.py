@@ -49,6 +49,8 @@ def predict(
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Inference threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    no_unknown: Annotated[bool, typer.Option(
+        "--no-unknown", help="Always give the top class, even when the model's 'unknown' threshold says no.")] = False,
 ) -> int:
     """Classify every image in SOURCES with the embedded ImageNet model or any MODEL.
 
@@ -86,7 +88,8 @@ def predict(
             [str(s) for s in sources], model=model, device=device, backend=backend, threads=threads,
             output=output, top_k=top_k, batch_size=batch_size,
             workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
-            sort_mode="link" if link else "copy", on_total=on_total, on_batch=on_batch)
+            sort_mode="link" if link else "copy", on_total=on_total, on_batch=on_batch,
+            reject_unknown=not no_unknown)
     finally:
         if progress is not None:
             progress.stop()
@@ -182,6 +185,15 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         table.add_row(escape(r["name"]), escape(r["what"]) + weights)
     out.print(table)
     return EXIT_OK
+
+
+def _register_verbs() -> None:
+    from . import cli_train
+
+    cli_train.register(app)
+
+
+_register_verbs()
 
 
 # ---- helpers ----------------------------------------------------------------------------------------

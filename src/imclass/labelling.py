@@ -51,6 +51,7 @@ def label_library(
     overwrite: bool = False,
     sort_into: str | os.PathLike | None = None,
     sort_mode: str = "copy",
+    reject_unknown: bool = True,
     on_total: Callable[[int, int], None] | None = None,
     on_batch: Callable[[list[Prediction]], None] | None = None,
 ) -> LabelSummary:
@@ -92,7 +93,8 @@ def label_library(
     todo = (p for p in iter_image_paths(sources) if p not in done)
     t0 = time.perf_counter()
     try:
-        for preds in clf.predict_batches(todo, top_k=top_k, batch_size=batch_size, workers=workers):
+        for preds in clf.predict_batches(todo, top_k=top_k, batch_size=batch_size, workers=workers,
+                                         reject_unknown=reject_unknown):
             if sorter is not None:
                 for p in preds:
                     sorter.place(p)

@@ -76,10 +76,10 @@ def manifest_to_spec(m: dict[str, Any], source: str = "") -> ModelSpec:
             f"({FORMAT_VERSION}); upgrade imclass")
     try:
         arch = m["architecture"]
-        if not isinstance(arch, dict) or arch.get("family") not in ("timm", "hf"):
-            raise ValueError("'architecture' must be an object with family 'timm' or 'hf'")
-        if arch["family"] == "timm" and not isinstance(arch.get("name"), str):
-            raise ValueError("a timm 'architecture' needs a 'name'")
+        if not isinstance(arch, dict) or arch.get("family") not in ("timm", "hf", "imclass"):
+            raise ValueError("'architecture' must be an object with family 'timm', 'hf' or 'imclass'")
+        if arch["family"] in ("timm", "imclass") and not isinstance(arch.get("name"), str):
+            raise ValueError(f"a {arch['family']} 'architecture' needs a 'name'")
         labels = m["labels"]
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise ValueError("'labels' must be a list of strings")

@@ -65,6 +65,10 @@ def build_architecture(arch: dict[str, Any], num_classes: int):
         from .hf import build_from_config
 
         return build_from_config(arch["config"])
+    if family == "imclass":
+        from .small_cnn import build
+
+        return build(arch["name"], num_classes, **arch.get("kwargs", {}))
     raise ModelNotFoundError(f"unknown architecture family {family!r} in bundle")
 
 

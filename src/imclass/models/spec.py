@@ -16,7 +16,8 @@ class ModelSpec:
     """Everything needed to rebuild a model and turn its logits into labels.
 
     ``architecture`` is ``{"family": "timm", "name": ..., "kwargs": {...}}`` or
-    ``{"family": "hf", "config": {...}}`` (a transformers config dict).
+    ``{"family": "hf", "config": {...}}`` (a transformers config dict) or
+    ``{"family": "imclass", "name": "small_vgg", "kwargs": {...}}`` (imclass's own from-scratch CNN).
     """
 
     architecture: dict[str, Any]
@@ -42,8 +43,8 @@ class ModelSpec:
     def model_id(self) -> str:
         """A short stable identifier of the architecture (used e.g. for cache keys)."""
         arch = self.architecture
-        if arch.get("family") == "timm":
-            return f"timm:{arch['name']}"
+        if arch.get("family") in ("timm", "imclass"):
+            return f"{arch['family']}:{arch['name']}"
         if arch.get("family") == "hf":
             return f"hf:{arch.get('config', {}).get('model_type', 'model')}"
         return str(arch.get("family"))

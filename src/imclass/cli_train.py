@@ -1,0 +1,171 @@
+"""``imclass train``: a thin face over :func:`imclass.train`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .training.config import AUGMENTS, MODES
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        epilog="Examples: imclass train photos/ --out runs/photos   |   "
+               "imclass train labels.csv --multi-label --out runs/tags   |   "
+               "imclass train photos/ --mode finetune --epochs 10 --out runs/ft",
+    )(train)
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Class folders, split folders (train/val/test) or a CSV.",
+                                         show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (a model bundle + metrics).")] = None,
+    backbone: Annotated[str, typer.Option("--backbone",
+                                          help="default | <timm name> | hf:<id> | bundle dir")] = "default",
+    mode: Annotated[str, typer.Option("--mode", help=f"{' | '.join(MODES)}")] = "probe",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="finetune 15, scratch 30")] = None,
+    augment: Annotated[str, typer.Option("--augment", help=f"{' | '.join(AUGMENTS)}")] = "default",
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Input size (px).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate (backbone: 1/10).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    multi_label: Annotated[Optional[bool], typer.Option("--multi-label/--single-label",
+                                                         help="Override what the data says.")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held out when DATA has no val split.")] = 0.2,
+    balance: Annotated[str, typer.Option("--balance", help="auto | on | off (class-weighted loss)")] = "auto",
+    unknown_coverage: Annotated[float, typer.Option(
+        "--unknown-coverage", help="Share of validation images accepted; others below it become 'unknown'.")] = 0.95,
+    no_unknown: Annotated[bool, typer.Option("--no-unknown", help="No 'unknown' threshold.")] = False,
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Early stopping (epochs).")] = 4,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    find_lr: Annotated[bool, typer.Option("--find-lr", help="Run the LR range test, plot it, and stop.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Data loading workers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> int:
+    """Train a classifier on your labelled images.
+
+    --mode probe (default) fits a logistic-regression head on cached backbone embeddings: seconds once
+    the embeddings are cached. finetune trains the whole network (augmentation, early stopping,
+    checkpoints, --resume); scratch trains a small VGG-style CNN. The run folder is a model bundle:
+    `imclass predict --model RUN` uses it.
+    """
+    from rich.console import Console
+
+    from .errors import ImclassError
+    from .training import TrainConfig
+    from .training import train as train_fn
+
+    err = Console(stderr=True)
+    try:
+        cfg = TrainConfig(mode=mode, backbone=backbone, epochs=epochs, augment=augment, image_size=image_size,
+                          batch_size=batch_size, lr=lr, seed=seed, multi_label=multi_label,
+                          val_fraction=val_fraction, balance=balance,
+                          unknown_coverage=None if no_unknown else unknown_coverage,
+                          patience=patience, device=device, workers=workers)
+    except ImclassError as e:
+        raise typer.BadParameter(str(e)) from None
+    if find_lr:
+        return _find_lr(data, cfg, out, err, quiet)
+    if out is None:
+        raise typer.BadParameter("--out RUN_FOLDER is required (where the model bundle is written)")
+    progress = None if quiet else _Progress(err)
+    try:
+        _, result = train_fn(str(data), out, config=cfg, resume=resume,
+                             progress=None if progress is None else progress.update,
+                             on_epoch=None if progress is None else progress.epoch)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if as_json:
+        sys.stdout.write(json.dumps(result.metrics, indent=2, default=str) + "\n")
+    elif not quiet:
+        _print_result(err, result)
+    return 0
+
+
+class _Progress:
+    """One rich progress bar per stage (embedding, epochs...), plus a line per finished epoch."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=False)
+        self.tasks: dict[str, int] = {}
+        self.bar.start()
+
+    def update(self, stage: str, done: int, total: int | None) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def epoch(self, rec: dict) -> None:
+        parts = [f"epoch {rec['epoch']}", f"train loss {rec['train_loss']:.4f}"]
+        for key in ("val_loss", "val_accuracy", "val_macro_f1"):
+            if key in rec:
+                parts.append(f"{key.replace('_', ' ')} {rec[key]:.4f}")
+        if rec.get("improved"):
+            parts.append("[green]best[/green]")
+        self.bar.console.print("  ".join(parts), highlight=False)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _print_result(err, result) -> None:
+    from rich.table import Table
+
+    m = result.metrics
+    table = Table(title=f"{m['mode']} on {len(m['classes'])} classes ({m['task'].replace('_', '-')})")
+    table.add_column("split")
+    keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "micro_f1", "mAP", "log_loss", "ece",
+                        "coverage") if k in m.get("val", {})]
+    for k in ("n", *keys):
+        table.add_column(k, justify="right")
+    for split in ("val", "test"):
+        if split in m and m[split].get("n"):
+            table.add_row(split, *(str(m[split].get(k)) for k in ("n", *keys)))
+    err.print(table)
+    cal = m.get("calibration")
+    if cal:
+        err.print(f"Calibration: temperature {cal['temperature']}, ECE {cal['ece_before']} -> {cal['ece_after']}")
+    if "unknown" in m:
+        u = m["unknown"]
+        err.print(f"Unknown: images whose top confidence is below {u['threshold']} are labelled 'unknown' "
+                  f"(keeps {u['target_coverage']:.0%} of validation images; --no-unknown to switch off)")
+    for note in result.notes:
+        err.print(f"- {note}", highlight=False)
+    err.print(f"Trained in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s). "
+              f"Model: {result.out}  ->  imclass predict FOLDER --model {result.out}", highlight=False)
+
+
+def _find_lr(data: Path, cfg, out: Path | None, err, quiet: bool) -> int:
+    from .data import load_dataset
+    from .training.finetune import find_lr, plot_lr
+    from .training.validation import with_validation
+
+    if cfg.mode == "probe":
+        raise typer.BadParameter("--find-lr is for --mode finetune or scratch (the probe chooses its own C)")
+    ds, _ = with_validation(load_dataset(str(data), multi_label=cfg.multi_label).readable(), cfg.val_fraction,
+                            cfg.seed)
+    progress = None if quiet else _Progress(err)
+    try:
+        res = find_lr(ds, cfg, progress=None if progress is None else progress.update)
+    finally:
+        if progress is not None:
+            progress.stop()
+    path = (out or Path(".")) / "lr_find.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_lr(res, path)
+    err.print(f"Suggested learning rate: {res['suggested_lr']:.2e} (minimum loss / 10: "
+              f"{res['min_loss_lr_div10']:.2e}). Plot: {path}. Train with --lr {res['suggested_lr']:.1e}")
+    sys.stdout.write(json.dumps({"suggested_lr": res["suggested_lr"],
+                                 "min_loss_lr_div10": res["min_loss_lr_div10"], "plot": str(path)}) + "\n")
+    return 0

@@ -1,0 +1,209 @@
+"""``imclass.train``: dataset in, trained bundle (+ metrics, curves, config) out."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import Dataset, load_dataset
+from ..errors import ImclassError
+from ..models.spec import ModelSpec
+from . import calibrate
+from .config import TrainConfig, TrainResult
+from .outcome import Trained
+from .validation import with_validation
+
+Progress = Callable[[str, int, "int | None"], None]  # (stage, done, total)
+IMBALANCE_AUTO = 3.0  # largest / smallest class count at which class weighting turns on by itself
+
+
+def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfig | None = None,
+          resume: bool = False, progress: Progress | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, **options: Any):
+    """Train a classifier on ``data`` (a :class:`~imclass.data.Dataset`, class folders or a CSV).
+
+    Options are the fields of :class:`TrainConfig` (``mode="probe"|"finetune"|"scratch"``, ``backbone``,
+    ``epochs``, ``augment``, ``seed``, ``unknown_coverage``...). Writes the bundle to ``out`` (when given)
+    with ``metrics.json``, ``config.json``, ``splits.csv`` and ``curves.png``. Returns
+    ``(Classifier, TrainResult)``. ``resume=True`` continues an interrupted fine-tuning run in ``out``;
+    ``progress(stage, done, total)`` and ``on_epoch(record)`` report while training.
+
+    >>> clf, result = imclass.train("flowers/", out="runs/flowers")
+    >>> result.metrics["val"]["accuracy"]
+    """
+    from ..classifier import Classifier
+
+    cfg = config or TrainConfig(**options)
+    if config is not None and options:
+        raise ImclassError("pass either config= or keyword options, not both")
+    t0 = time.perf_counter()
+    ds = load_dataset(data, multi_label=cfg.multi_label)
+    ds = ds.readable()
+    if len(ds) == 0:
+        raise ImclassError("no readable images in the dataset")
+    ds, made_val = with_validation(ds, cfg.val_fraction, cfg.seed)
+    _check_classes(ds)
+    counts = ds.class_counts("train")
+    nonzero = [c for c in counts.values() if c > 0]
+    ratio = max(nonzero) / min(nonzero)
+    balanced = cfg.balance == "on" or (cfg.balance == "auto" and ratio >= IMBALANCE_AUTO)
+    notes = []
+    if made_val:
+        notes.append(f"no validation split: {int((ds.table['split'] == 'val').sum())} images "
+                     f"({cfg.val_fraction:.0%}, stratified, duplicates kept together) held out; see splits.csv")
+    if balanced:
+        notes.append(f"class imbalance {ratio:.1f}x: class-weighted loss "
+                     f"({'--balance on' if cfg.balance == 'on' else 'on by default at >= 3x'})")
+    if out is not None and not resume and (Path(out) / "imclass.json").exists():
+        raise ImclassError(f"{out} already holds a trained model; choose another --out (or delete it)")
+    trained = _run_mode(ds, cfg, balanced, progress, None if out is None else Path(out), resume, on_epoch)
+    notes += trained.notes
+    spec, metrics = _finish(ds, cfg, trained, notes)
+    seconds = time.perf_counter() - t0
+    metrics["seconds"] = round(seconds, 2)
+    metrics["images_per_second"] = round(trained.images / seconds, 2) if seconds else None
+    spec.metrics = metrics
+    result = TrainResult(out=None, metrics=metrics, config=cfg, history=trained.history, seconds=seconds,
+                         images=trained.images, notes=notes)
+    clf = Classifier(trained.model, spec, device=cfg.device, backend="torch")
+    if out is not None:
+        result.out = _write_run(Path(out), clf, ds, cfg, result, trained)
+        clf.spec.source = os.fspath(result.out)
+    return clf, result
+
+
+def _run_mode(ds: Dataset, cfg: TrainConfig, balanced: bool, progress: Progress | None, out: Path | None,
+              resume: bool, on_epoch) -> Trained:
+    if cfg.mode == "probe":
+        from .probe import train_probe
+
+        return train_probe(ds, cfg, balanced, progress)
+    from .finetune import train_network
+
+    return train_network(ds, cfg, balanced, progress, out=out, resume=resume, on_epoch=on_epoch)
+
+
+def _check_classes(ds: Dataset) -> None:
+    train_counts = ds.class_counts("train")
+    missing = [c for c, n in train_counts.items() if n == 0]
+    if ds.multi_label:
+        if len(ds.classes) < 1:
+            raise ImclassError("a multi-label dataset needs at least one label")
+    elif len(ds.classes) < 2:
+        raise ImclassError(f"need at least 2 classes to train, found {ds.classes}")
+    if missing:
+        raise ImclassError(f"classes without training images: {', '.join(missing)}")
+
+
+def _finish(ds: Dataset, cfg: TrainConfig, t: Trained, notes: list[str]) -> tuple[ModelSpec, dict[str, Any]]:
+    """Calibrate, choose thresholds, compute validation (and test) metrics, build the spec."""
+    multi = ds.multi_label
+    y = ds.targets()
+    keep = ~np.isnan(t.val_logits).any(axis=1) if len(t.val_logits) else np.zeros(0, bool)
+    t.val_logits, t.val_index = t.val_logits[keep], t.val_index[keep]
+    keep = ~np.isnan(t.test_logits).any(axis=1) if len(t.test_logits) else np.zeros(0, bool)
+    t.test_logits, t.test_index = t.test_logits[keep], t.test_index[keep]
+    y_val = y[t.val_index]
+    temperature = None
+    metrics: dict[str, Any] = {"task": ds.task, "mode": cfg.mode, "classes": ds.classes}
+    if len(y_val) and cfg.calibrate:
+        temperature = calibrate.fit_temperature(t.val_logits, y_val, multi)
+        before = calibrate.ece(calibrate.probs(t.val_logits, None, multi), y_val, multi_label=multi)
+        after = calibrate.ece(calibrate.probs(t.val_logits, temperature, multi), y_val, multi_label=multi)
+        metrics["calibration"] = {"temperature": round(temperature, 4), "ece_before": round(before, 4),
+                                  "ece_after": round(after, 4)}
+    p_val = calibrate.probs(t.val_logits, temperature, multi)
+    thresholds = calibrate.label_thresholds(p_val, y_val) if multi and len(y_val) else None
+    unknown = None
+    if not multi and cfg.unknown_coverage is not None and len(y_val):
+        unknown = calibrate.unknown_threshold(p_val, cfg.unknown_coverage)
+        metrics["unknown"] = {"threshold": round(unknown, 4), "target_coverage": cfg.unknown_coverage}
+    metrics["val"] = summary_metrics(p_val, y_val, multi, thresholds, unknown)
+    if len(t.test_index):
+        p_test = calibrate.probs(t.test_logits, temperature, multi)
+        metrics["test"] = summary_metrics(p_test, y[t.test_index], multi, thresholds, unknown)
+    metrics["images"] = {s or "unassigned": int((ds.table["split"] == s).sum()) for s in ds.splits}
+    metrics["notes"] = notes
+    base = t.base
+    provenance = {
+        "trained_by": "imclass train",
+        "mode": cfg.mode,
+        "base_model": cfg.backbone if cfg.mode != "scratch" else None,
+        "base_provenance": base.provenance if base is not None else None,
+        "dataset": {"source": ds.source, "fingerprint": ds.fingerprint(), "images": len(ds)},
+    }
+    spec = ModelSpec(
+        architecture=t.architecture, labels=list(ds.classes), preprocess=t.preprocess,
+        task=ds.task, temperature=temperature, label_thresholds=thresholds, unknown_threshold=unknown,
+        provenance=provenance, training={**cfg.to_dict(), **t.details},
+    )
+    return spec, metrics
+
+
+def summary_metrics(p: np.ndarray, y: np.ndarray, multi: bool, thresholds: list[float] | None = None,
+                    unknown: float | None = None) -> dict[str, Any]:
+    """Headline metrics for the training summary (the full set comes from ``imclass evaluate``)."""
+    from sklearn import metrics as skm
+
+    n = len(y)
+    out: dict[str, Any] = {"n": int(n)}
+    if n == 0:
+        return out
+    if multi:
+        thr = np.asarray(thresholds if thresholds is not None else [0.5] * p.shape[1])
+        pred = (p >= thr).astype(int)
+        out["micro_f1"] = round(float(skm.f1_score(y, pred, average="micro", zero_division=0)), 4)
+        out["macro_f1"] = round(float(skm.f1_score(y, pred, average="macro", zero_division=0)), 4)
+        out["subset_accuracy"] = round(float(skm.accuracy_score(y, pred)), 4)
+        out["hamming_loss"] = round(float(skm.hamming_loss(y, pred)), 4)
+        have = y.sum(axis=0) > 0
+        if have.any():
+            out["mAP"] = round(float(skm.average_precision_score(y[:, have], p[:, have], average="macro")), 4)
+        out["ece"] = round(calibrate.ece(p, y, multi_label=True), 4)
+        return out
+    pred = p.argmax(axis=1)
+    out["accuracy"] = round(float((pred == y).mean()), 4)
+    out["balanced_accuracy"] = round(float(skm.balanced_accuracy_score(y, pred)), 4)
+    out["macro_f1"] = round(float(skm.f1_score(y, pred, average="macro", zero_division=0)), 4)
+    out["log_loss"] = round(float(skm.log_loss(y, np.clip(p, 1e-12, 1), labels=list(range(p.shape[1])))), 4)
+    out["ece"] = round(calibrate.ece(p, y), 4)
+    if unknown is not None:
+        accepted = p.max(axis=1) >= unknown
+        out["coverage"] = round(float(accepted.mean()), 4)
+        out["accuracy_accepted"] = round(float((pred[accepted] == y[accepted]).mean()), 4) if accepted.any() else None
+    return out
+
+
+def _write_run(out: Path, clf, ds: Dataset, cfg: TrainConfig, result: TrainResult, trained: Trained) -> Path:
+    from .curves import plot_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    clf.save(out)
+    _write_json(out / "metrics.json", result.metrics)
+    _write_json(out / "config.json", {**cfg.to_dict(), "dataset": ds.source})
+    _write_json(out / "history.json", result.history)
+    ds.to_csv(out / "splits.csv")
+    plot_curves(result.history, cfg.mode, out / "curves.png")
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")

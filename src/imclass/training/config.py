@@ -1,0 +1,74 @@
+"""Training configuration and result: plain dataclasses, written next to the bundle as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Mode = Literal["probe", "finetune", "scratch"]
+Augment = Literal["none", "light", "default", "heavy"]
+MODES = ("probe", "finetune", "scratch")
+AUGMENTS = ("none", "light", "default", "heavy")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (``config.json`` in the run folder)."""
+
+    mode: Mode = "probe"
+    backbone: str = "default"
+    epochs: int | None = None  # None: 15 (finetune) / 30 (scratch); unused by the probe
+    augment: Augment = "default"
+    image_size: int | None = None  # None: the backbone's (scratch: 128)
+    batch_size: int = 32
+    lr: float | None = None  # None: 1e-3 (finetune head; backbone 10x lower) / 3e-3 (scratch)
+    weight_decay: float = 0.05
+    patience: int = 4  # early stopping: epochs without validation improvement
+    seed: int = 0
+    multi_label: bool | None = None  # None: as the dataset says
+    val_fraction: float = 0.2  # used only when the dataset has no validation split
+    balance: Literal["auto", "on", "off"] = "auto"  # class-weighted loss; auto: on when imbalance >= 3
+    unknown_coverage: float | None = 0.95  # accept this fraction of validation images; None: no "unknown"
+    calibrate: bool = True
+    device: str = "auto"
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        from ..errors import ImclassError
+
+        if self.mode not in MODES:
+            raise ImclassError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.augment not in AUGMENTS:
+            raise ImclassError(f"unknown augmentation preset {self.augment!r}; use one of {', '.join(AUGMENTS)}")
+        if self.balance not in ("auto", "on", "off"):
+            raise ImclassError("balance must be auto, on or off")
+        if self.unknown_coverage is not None and not 0.5 <= self.unknown_coverage <= 1.0:
+            raise ImclassError("--unknown-coverage must be between 0.5 and 1.0 (e.g. 0.95)")
+        if not 0.0 < self.val_fraction < 0.9:
+            raise ImclassError("--val-fraction must be between 0 and 0.9")
+        if self.epochs is not None and self.epochs < 1:
+            raise ImclassError("--epochs must be >= 1")
+        if self.batch_size < 1:
+            raise ImclassError("--batch-size must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What ``imclass.train`` did: where the bundle is, validation metrics, per-epoch history, timings."""
+
+    out: Path | None
+    metrics: dict[str, Any]
+    config: TrainConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    images: int = 0  # training images seen per epoch (probe: embedded)
+    notes: list[str] = field(default_factory=list)  # decisions worth telling the user
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0

@@ -1,0 +1,118 @@
+"""A regularised logistic-regression head on frozen embeddings (scikit-learn), folded into one linear layer.
+
+The feature standardisation is folded into the weights, so the head is a plain ``Linear(D, K)`` that
+replaces the backbone's classifier: the trained model is a normal network, exportable and servable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Inverse regularisation strengths tried; the one with the lowest validation log loss wins.
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class Head:
+    """``logits = X @ weight.T + bias``; ``C`` the chosen regularisation; ``curve`` val loss per C."""
+
+    weight: np.ndarray  # (K, D)
+    bias: np.ndarray  # (K,)
+    C: float
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.weight.T + self.bias
+
+
+def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None, *,
+             num_classes: int, multi_label: bool = False, balanced: bool = False,
+             grid: tuple[float, ...] = C_GRID, seed: int = 0) -> Head:
+    """Fit the head, choosing ``C`` on the validation set (log loss); without one, ``C=0.1``.
+
+    ``y`` are class indices (single-label) or a 0/1 matrix (multi-label). ``balanced`` weights classes
+    inversely to their frequency (single-label) or positives vs negatives per label (multi-label).
+    """
+    mean = x_train.mean(axis=0)
+    scale = x_train.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    xt = (x_train - mean) / scale
+    xv = None if x_val is None or len(x_val) == 0 else (x_val - mean) / scale
+    candidates = grid if xv is not None else (0.1,)
+    best: tuple[float, float, np.ndarray, np.ndarray] | None = None
+    curve = []
+    models: dict = {}  # warm starts: each C starts from the previous (smaller) C's solution
+    for c in sorted(candidates):
+        w, b = (_fit_multi if multi_label else _fit_single)(xt, y_train, c, num_classes, balanced, seed, models)
+        if xv is None:
+            best = (0.0, c, w, b)
+            break
+        loss = _val_loss(xv @ w.T + b, y_val, multi_label)
+        curve.append({"C": c, "val_log_loss": loss})
+        if best is None or loss < best[0] - 1e-9:
+            best = (loss, c, w, b)
+    assert best is not None
+    _, c, w, b = best
+    # fold the standardisation in: w (x - m) / s + b == (w / s) x + (b - w . m / s)
+    weight = w / scale
+    bias = b - weight @ mean
+    return Head(weight.astype(np.float32), bias.astype(np.float32), float(c), curve)
+
+
+def _lr(models: dict, key, c: float, balanced: bool, seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    if key not in models:
+        models[key] = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None,
+                                         random_state=seed, warm_start=True)
+    models[key].set_params(C=c)
+    return models[key]
+
+
+def _fit_single(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, seed: int, models: dict):
+    present = np.unique(y)
+    w = np.zeros((k, x.shape[1]))
+    b = np.full(k, -30.0)  # classes absent from training can never win
+    if len(present) == 1:
+        b[present[0]] = 0.0
+        return w, b
+    lr = _lr(models, "all", c, balanced, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at tiny C is harmless here
+        lr.fit(x, y)
+    if len(present) == 2:  # sklearn's binary model: one row, p(second) = sigmoid(z); softmax([0, z]) == that
+        w[present[1]], b[present[1]] = lr.coef_[0], lr.intercept_[0]
+        b[present[0]] = 0.0
+    else:
+        w[lr.classes_], b[lr.classes_] = lr.coef_, lr.intercept_
+    return w, b
+
+
+def _fit_multi(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, seed: int, models: dict):
+    w = np.zeros((k, x.shape[1]))
+    b = np.zeros(k)
+    for j in range(k):
+        col = y[:, j]
+        pos = col.mean()
+        if pos in (0.0, 1.0):  # the label is always or never on in training: a constant head
+            b[j] = 30.0 if pos == 1.0 else -30.0
+            continue
+        lr = _lr(models, j, c, balanced, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lr.fit(x, col)
+        w[j], b[j] = lr.coef_[0], lr.intercept_[0]
+    return w, b
+
+
+def _val_loss(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> float:
+    z = logits.astype(np.float64)
+    if multi_label:
+        # mean binary cross-entropy over labels and images
+        return float(np.mean(np.logaddexp(0, z) - y * z))
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())

@@ -1,0 +1,61 @@
+"""Linear probe: frozen backbone embeddings (cached) -> logistic-regression head -> one network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..data import Dataset
+from ..errors import ImclassError
+from ..features import Embedder, embed_dataset
+from .assemble import with_new_head
+from .config import TrainConfig
+from .head import fit_head
+from .outcome import Trained
+
+
+def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
+                progress: Callable[[str, int, int | None], None] | None = None) -> Trained:
+    """Embed every image (cache first), fit the head on ``train``, choose ``C`` on ``val``."""
+    embedder = Embedder(cfg.backbone, device=cfg.device)
+    total = len(ds)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress("embedding", done, total)
+
+    emb = embed_dataset(ds, embedder, progress=tick, workers=cfg.workers)
+    ok = emb.ok
+    notes = []
+    if (~ok).any():
+        notes.append(f"{int((~ok).sum())} images could not be read and were left out")
+    table = ds.table
+    y_all = ds.targets()
+    split = table["split"].to_numpy()
+    tr = ok & (split == "train")
+    va = ok & (split == "val")
+    te = ok & (split == "test")
+    if not tr.any():
+        raise ImclassError("no readable training images")
+    x = emb.vectors
+    if progress is not None:
+        progress("fitting head", 0, None)
+    head = fit_head(x[tr], y_all[tr], x[va] if va.any() else None, y_all[va] if va.any() else None,
+                    num_classes=len(ds.classes), multi_label=ds.multi_label, balanced=balanced, seed=cfg.seed)
+    clf = embedder.classifier  # the backbone (built now if everything came from the cache)
+    model, arch = with_new_head(clf.model, clf.spec.architecture, ds.classes, head.weight, head.bias)
+    history = [{"C": c["C"], "val_log_loss": round(c["val_log_loss"], 5)} for c in head.curve]
+    notes.append(f"regularisation C={head.C:g} chosen on validation log loss"
+                 if head.curve else "no validation images: C=0.1 by default")
+    return Trained(
+        model=model, architecture=arch, preprocess=clf.spec.preprocess, base=clf.spec,
+        val_logits=head.logits(x[va]), val_index=np.flatnonzero(va),
+        test_logits=head.logits(x[te]), test_index=np.flatnonzero(te),
+        history=history, images=int(tr.sum()), notes=notes,
+        details={"C": head.C, "embeddings": {"backbone_key": emb.backbone, "computed": emb.computed,
+                                             "cached": int(ok.sum()) - emb.computed, "dim": int(x.shape[1])}},
+    )
