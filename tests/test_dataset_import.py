@@ -147,3 +147,15 @@ def test_natural_scenes_imports_identically_from_both_csvs(datasets):
     assert hot.fingerprint() == lst.fingerprint()
     assert np.array_equal(hot.targets(), lst.targets())
     assert hot.targets().sum(axis=1).min() >= 1 and hot.targets().sum(axis=1).max() <= 3
+
+
+def test_all_folder_means_unsplit(tmp_path):
+    from imclass.data import load_dataset
+
+    for cls in ("a", "b"):
+        make_image(tmp_path / "set" / "all" / cls / "x.png")
+    ds = load_dataset(tmp_path / "set")
+    assert ds.classes == ["a", "b"] and ds.splits == [""]
+    for cls in ("all", "some"):  # beside other class folders, "all" is just a class
+        make_image(tmp_path / "classes" / cls / "y.png")
+    assert load_dataset(tmp_path / "classes").classes == ["all", "some"]

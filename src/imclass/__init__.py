@@ -4,6 +4,7 @@
 >>> clf = imclass.load()                      # embedded ImageNet model, offline
 >>> [p.label for p in clf.predict("photos/")] # a folder, paths or PIL images
 >>> clf, result = imclass.train("my_classes/", out="runs/mine")  # class folders or a CSV
+>>> imclass.evaluate("runs/mine", "my_classes/", report="eval/").metrics["accuracy"]
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "__version__",
+    "compare",
+    "evaluate",
+    "explain",
     "label_library",
     "load",
     "load_dataset",
@@ -41,6 +45,9 @@ _LAZY = {
     "Dataset": ".data",
     "load_dataset": ".data",
     "train": ".training.api",
+    "evaluate": ".evaluation.runner",
+    "compare": ".evaluation.runner",
+    "explain": ".evaluation.explain",
     "TrainConfig": ".training.config",
     "TrainResult": ".training.config",
     "ImclassError": ".errors",
@@ -52,6 +59,8 @@ if TYPE_CHECKING:
     from .classifier import Classifier
     from .data import Dataset, load_dataset
     from .errors import ImageLoadError, ImclassError, ModelNotFoundError
+    from .evaluation.explain import explain
+    from .evaluation.runner import compare, evaluate
     from .images import load_image
     from .labelling import LabelSummary, label_library
     from .prediction import Prediction

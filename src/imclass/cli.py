@@ -188,9 +188,10 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 
 def _register_verbs() -> None:
-    from . import cli_train
+    from . import cli_evaluate, cli_train
 
     cli_train.register(app)
+    cli_evaluate.register(app)
 
 
 _register_verbs()

@@ -3,7 +3,8 @@
 Accepted layouts (``load_dataset`` picks by looking):
 
 - class folders ``root/<class>/*`` (images in nested folders count for their top-level class);
-- split folders ``root/{train,val,test}/<class>/*`` (``valid``/``validation``, ``training``, ``testing`` too);
+- split folders ``root/{train,val,test}/<class>/*`` (``valid``/``validation``, ``training``, ``testing`` too;
+  ``root/all/<class>/*`` is an unsplit dataset);
 - a CSV or TSV with a file column (``filename``, ``file``, ``path``, ``image``, ``image_path``, ``filepath``,
   ``image_id``, ``id``) and either
   - a single-label column ``label`` / ``class`` / ``category``; a cell holding ``;``, ``,`` or ``|`` makes the
@@ -37,6 +38,7 @@ LABEL_COLUMNS = ("label", "class", "category", "class_name")
 MULTI_LABEL_COLUMNS = ("labels", "tags", "classes", "categories")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test", "testing": "test", "": ""}
+SPLIT_FOLDERS = {**{k: v for k, v in SPLIT_ALIASES.items() if k}, "all": ""}  # root/all/<class>/: unsplit
 SEPARATORS = (";", ",", "|")
 OnError = Literal["raise", "skip"]
 
@@ -104,7 +106,9 @@ def load_dataset(
 # ---- folders -----------------------------------------------------------------------------------------
 def _from_folders(root: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES and SPLIT_ALIASES[d.name.lower()]]
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
+    if [d.name.lower() for d in split_dirs] == ["all"] and len(subdirs) > 1:
+        split_dirs = []  # a class that happens to be called "all"
     rows: list[dict[str, Any]] = []
     problems: list[Problem] = []
     if split_dirs:
@@ -112,7 +116,7 @@ def _from_folders(root: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
         if other:
             problems.append(Problem(str(root), f"folders ignored beside the split folders: {', '.join(other)}"))
         for sd in split_dirs:
-            rows += _class_folders(sd, SPLIT_ALIASES[sd.name.lower()])
+            rows += _class_folders(sd, SPLIT_FOLDERS[sd.name.lower()])
     else:
         loose = [p for p in iter_image_paths([root], recursive=False)]
         if loose:
@@ -275,6 +279,9 @@ def inspect_file(path: str) -> dict[str, Any]:
         return facts
     facts["bytes"] = len(data)
     facts["sha256"] = hashlib.sha256(data).hexdigest()
+    if not data:
+        facts["error"] = "empty file (0 bytes)"
+        return facts
     try:
         with Image.open(io.BytesIO(data)) as img:
             facts["width"], facts["height"] = img.size

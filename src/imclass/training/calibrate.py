@@ -79,9 +79,15 @@ def label_thresholds(p: np.ndarray, y: np.ndarray, default: float = 0.5) -> list
 
 def unknown_threshold(p: np.ndarray, coverage: float) -> float:
     """Top-1 confidence below which an image is called ``unknown`` so that ``coverage`` of validation images
-    (all from known classes) are still accepted."""
+    (all from known classes) are still accepted.
+
+    The threshold lies halfway between the last rejected and the first accepted confidence, so that the
+    tiny numeric differences between runtimes (torch vs ONNX Runtime) do not flip images sitting on it.
+    """
     if not 0.0 < coverage <= 1.0:
         raise ValueError("coverage must be in (0, 1]")
-    if len(p) == 0 or coverage >= 1.0:
+    conf = np.sort(p.max(axis=1)) if len(p) else p
+    reject = int(np.floor((1.0 - coverage) * len(conf) + 1e-9))
+    if len(conf) == 0 or reject == 0:
         return 0.0
-    return float(np.quantile(p.max(axis=1), 1.0 - coverage, method="lower"))
+    return float((conf[reject - 1] + conf[reject]) / 2)

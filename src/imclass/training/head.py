@@ -66,7 +66,7 @@ def _lr(models: dict, key, c: float, balanced: bool, seed: int):
     from sklearn.linear_model import LogisticRegression
 
     if key not in models:
-        models[key] = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None,
+        models[key] = LogisticRegression(max_iter=2000, tol=1e-3, class_weight="balanced" if balanced else None,
                                          random_state=seed, warm_start=True)
     models[key].set_params(C=c)
     return models[key]

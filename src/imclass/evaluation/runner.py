@@ -1,0 +1,286 @@
+"""``evaluate`` and ``compare``: run a classifier over a labelled dataset and measure it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ImclassError
+from .labels import map_labels
+from .metrics import MULTI_LABEL, SINGLE_LABEL, compute_metrics, headline, label_thresholds, per_image_loss, top_losses
+
+CHUNK = 256  # images per predict_proba call (progress granularity)
+TOP_LOSSES = 16
+FROM_MODEL = "model"  # unknown_threshold / thresholds default: the model's own
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` measured.
+
+    ``table``: one row per image (``path``, ``true``, ``predicted``, ``confidence``, ``correct``, ``error``,
+    ``loss``; single-label also ``rejected``). ``probabilities``: ``(N, classes)`` in dataset class order,
+    NaN rows for unreadable images. ``files``: what was written (``report``, ``metrics``, ``predictions``).
+    """
+
+    metrics: dict[str, Any]
+    table: pd.DataFrame
+    probabilities: np.ndarray
+    targets: np.ndarray
+    classes: list[str]
+    task: str
+    model: str
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return int(self.metrics.get("n_errors", 0))
+
+    def headline(self) -> dict[str, float | None]:
+        return headline(self.metrics)
+
+
+def evaluate(model, data, split: str = "val", report: str | os.PathLike | None = None,
+             predictions: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None, *,
+             images_dir: str | os.PathLike | None = None, unknown_threshold: float | str | None = FROM_MODEL,
+             thresholds: float | Sequence[float] | str | None = FROM_MODEL, device: str = "auto",
+             backend: str = "auto", batch_size: int = 16, workers: int | None = None,
+             audit: dict[str, Any] | None = None, cam_method: str = "gradcam",
+             on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Evaluate ``model`` (a Classifier or a model name) on ``data`` (a Dataset or a folder/CSV).
+
+    ``split``: ``val`` (falls back to ``test``, then all rows, when the dataset has none), ``test`` or
+    ``all``. ``unknown_threshold`` / ``thresholds`` default to the model's own. ``report`` is a folder
+    for ``report.html`` + ``metrics.json`` + ``predictions.csv``; ``predictions`` (CSV) and ``json_path``
+    write those files alone.
+    """
+    clf = _classifier(model, device, backend)
+    ds = _dataset(data, images_dir)
+    sub, used, warnings = _select(ds, split)
+    task = MULTI_LABEL if ds.multi_label else SINGLE_LABEL
+    if task != clf.spec.task:
+        raise ImclassError(f"the model is {clf.spec.task.replace('_', '-')} but the dataset is "
+                           f"{task.replace('_', '-')}; evaluate a model trained for this kind of data")
+    columns, mapping = map_labels(clf.labels, ds.classes, multi_label=task == MULTI_LABEL)
+    paths = sub.table["path"].tolist()
+    raw = _predict(clf, paths, batch_size, workers, on_progress)
+    probs = raw[:, columns]
+    if mapping and mapping["renormalised"]:
+        probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+    y = sub.targets()
+
+    unknown = clf.spec.unknown_threshold if unknown_threshold == FROM_MODEL else unknown_threshold
+    if thresholds == FROM_MODEL:
+        spec_thr = clf.spec.label_thresholds
+        thresholds = None if spec_thr is None else [spec_thr[j] for j in columns]
+    if task == MULTI_LABEL:
+        unknown = None
+    metrics = compute_metrics(y, probs, ds.classes, task, unknown_threshold=unknown, thresholds=thresholds)
+    errors = _error_messages(clf, sub.table, probs)
+    table = _table(paths, y, probs, ds.classes, task, errors, unknown,
+                   label_thresholds(thresholds, len(ds.classes)) if task == MULTI_LABEL else None)
+    metrics.update(_context(clf, ds, sub, used, split, mapping, warnings, table, errors))
+    worst = top_losses(y, probs, task, TOP_LOSSES, thresholds=thresholds)
+    metrics["top_losses"] = [{"path": paths[i], "true": table.at[i, "true"], "predicted": table.at[i, "predicted"],
+                              "confidence": table.at[i, "confidence"], "loss": round(float(table.at[i, "loss"]), 6)}
+                             for i in worst]
+    result = EvalResult(metrics, table, probs, y, list(ds.classes), task, _model_name(clf))
+    if json_path is not None:
+        result.files["metrics"] = str(write_json(metrics, json_path))
+    if predictions is not None:
+        result.files["predictions"] = str(write_predictions(table, predictions))
+    if report is not None:
+        from .report import write_report
+
+        result.files.update(write_report(result, report, clf=clf, audit=audit, cam_method=cam_method))
+    return result
+
+
+@dataclass
+class Comparison:
+    """Side-by-side results of :func:`compare`: ``table`` has one row per metric, one column per model."""
+
+    results: dict[str, EvalResult]
+    table: pd.DataFrame
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": list(self.results), "split": next(iter(self.results.values())).metrics.get("split"),
+                "metrics": {name: r.headline() for name, r in self.results.items()}}
+
+
+def compare(models: Sequence[Any], data, split: str = "val", *, images_dir: str | os.PathLike | None = None,
+            **kwargs) -> Comparison:
+    """Evaluate several models on the same images; ``kwargs`` go to :func:`evaluate`."""
+    if not models:
+        raise ImclassError("compare needs at least one model")
+    ds = _dataset(data, images_dir)
+    results: dict[str, EvalResult] = {}
+    for m in models:
+        r = evaluate(m, ds, split, **kwargs)
+        name, n = r.model, 2
+        while name in results:
+            name, n = f"{r.model} ({n})", n + 1
+        results[name] = r
+    table = pd.DataFrame({name: r.headline() for name, r in results.items()})
+    return Comparison(results, table)
+
+
+# ---- files -------------------------------------------------------------------------------------------
+
+def write_json(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False, default=_jsonable) + "\n", encoding="utf-8")
+    return out
+
+
+def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """``path,true,predicted,confidence,correct,error`` (multi-label label sets ``;``-joined)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table[["path", "true", "predicted", "confidence", "correct", "error"]].to_csv(out, index=False)
+    return out
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# ---- steps -------------------------------------------------------------------------------------------
+
+def _classifier(model, device: str, backend: str):
+    if hasattr(model, "predict_proba") and hasattr(model, "spec"):
+        return model
+    from ..classifier import Classifier
+
+    return Classifier.load(model, device=device, backend=backend)
+
+
+def _dataset(data, images_dir):
+    if hasattr(data, "table") and hasattr(data, "select") and hasattr(data, "classes"):
+        return data
+    from ..data import load_dataset
+
+    return load_dataset(data, images_dir=images_dir)
+
+
+def _select(ds, split: str):
+    """``(rows, split used, warnings)``; ``val`` falls back to ``test``, then every row."""
+    if split not in ("val", "test", "all"):
+        raise ImclassError(f"unknown split {split!r}; use val, test or all")
+    warnings: list[str] = []
+    order = {"val": ["val", "test", "all"], "test": ["test"], "all": ["all"]}[split]
+    for s in order:
+        sub = ds.select(s)
+        if len(sub):
+            break
+    else:
+        raise ImclassError(f"the dataset has no {split!r} images; use --split all (or split it first)")
+    if s != split:
+        warnings.append(f"the dataset has no {split} images: evaluated on {'all rows' if s == 'all' else s}")
+    if s == "all":
+        n_train = int((sub.table["split"] == "train").sum())
+        if n_train:
+            warnings.append(f"{n_train} of the {len(sub)} images are training images: scores may be optimistic")
+    if not len(sub):
+        raise ImclassError("the dataset has no images")
+    return sub, s, warnings
+
+
+def _predict(clf, paths: list[str], batch_size: int, workers: int | None, on_progress) -> np.ndarray:
+    rows = []
+    total = len(paths)
+    for i in range(0, total, CHUNK):
+        rows.append(clf.predict_proba(paths[i:i + CHUNK], batch_size=batch_size, workers=workers))
+        if on_progress is not None:
+            on_progress(min(i + CHUNK, total), total)
+    return np.concatenate(rows) if rows else np.zeros((0, len(clf.labels)))
+
+
+def _error_messages(clf, table: pd.DataFrame, probs: np.ndarray) -> list[str | None]:
+    """Why each NaN row failed: the dataset's note, else the loader's own message."""
+    out: list[str | None] = [None] * len(probs)
+    known = table["error"].tolist() if "error" in table else [None] * len(probs)
+    for i in np.flatnonzero(~np.isfinite(probs).all(axis=1)):
+        msg = known[i] if isinstance(known[i], str) and known[i] else None
+        if msg is None:
+            try:
+                clf.decode(table["path"].iloc[i])
+                msg = "could not be classified"
+            except ImclassError as e:
+                msg = getattr(e, "reason", None) or str(e)
+        out[i] = msg
+    return out
+
+
+def _table(paths, y, probs, classes, task, errors, unknown, thr) -> pd.DataFrame:
+    ok = np.isfinite(probs).all(axis=1)
+    loss = per_image_loss(y, probs, task)
+    true, pred, conf, correct = [], [], [], []
+    rejected = []
+    for i in range(len(paths)):
+        if task == MULTI_LABEL:
+            true.append(";".join(c for c, v in zip(classes, y[i]) if v))
+        else:
+            true.append(classes[int(y[i])])
+        if not ok[i]:
+            pred.append("")
+            conf.append(None)
+            correct.append(None)
+            rejected.append(False)
+            continue
+        if task == MULTI_LABEL:
+            chosen = probs[i] >= thr
+            pred.append(";".join(c for c, v in zip(classes, chosen) if v))
+            conf.append(round(float(probs[i][chosen].max() if chosen.any() else probs[i].max()), 6))
+            correct.append(bool((chosen.astype(int) == y[i]).all()))
+            rejected.append(False)
+        else:
+            j = int(probs[i].argmax())
+            score = float(probs[i, j])
+            rej = unknown is not None and score < unknown
+            pred.append("unknown" if rej else classes[j])
+            conf.append(round(score, 6))
+            correct.append(None if rej else j == int(y[i]))
+            rejected.append(rej)
+    frame = pd.DataFrame({"path": paths, "true": true, "predicted": pred, "confidence": conf,
+                          "correct": correct, "error": errors, "loss": loss})
+    if task == SINGLE_LABEL:
+        frame["rejected"] = rejected
+    return frame
+
+
+def _model_name(clf) -> str:
+    return str(clf.spec.source or clf.spec.provenance.get("name") or clf.spec.model_id)
+
+
+def _context(clf, ds, sub, used, requested, mapping, warnings, table, errors) -> dict[str, Any]:
+    from .. import __version__
+
+    spec = clf.spec
+    failed = [{"path": p, "error": e} for p, e in zip(table["path"], errors) if e]
+    return {
+        "model": {"name": _model_name(clf), "architecture": spec.model_id, "labels": len(spec.labels),
+                  "task": spec.task, "temperature": spec.temperature},
+        "dataset": {"source": getattr(ds, "source", ""), "images": len(ds), "classes": len(ds.classes),
+                    "multi_label": bool(ds.multi_label)},
+        "split": used,
+        "split_requested": requested,
+        "label_mapping": mapping,
+        "warnings": warnings,
+        "errors": failed[:50],
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "imclass_version": __version__,
+    }
