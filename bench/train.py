@@ -130,8 +130,9 @@ def main() -> None:
         r = run_measured(args, cache)
         m = r["metrics"]
         gain = ""
-        if a.finetune in probes and "accuracy" in m["val"]:
-            gain = f"; probe {probes[a.finetune]['val']['accuracy']} -> finetune {m['val']['accuracy']}"
+        key = "accuracy" if "accuracy" in m["val"] else "mAP"
+        if a.finetune in probes:
+            gain = f"; val {key}: probe {probes[a.finetune]['val'][key]} -> finetune {m['val'][key]}"
         rows.append([f"finetune {a.epochs} epochs, {a.finetune}", f"{r['wall']:.1f}", f"{r['rss_mib']:.0f}",
                      headline(m) + gain + f"; {m.get('images_per_second')} img/s",
                      f"`imclass train {rel} --mode finetune --epochs {a.epochs} --out RUN`"])

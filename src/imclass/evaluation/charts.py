@@ -56,7 +56,7 @@ def class_bars(per_class: dict[str, dict[str, Any]], keys: tuple[str, ...] = ("p
     ax.set_ylim(n - 0.5, -0.5)  # first class on top, no empty margins
     ax.set_xlim(0, 1)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncols=k, frameon=False)
+    ax.legend(loc="center left", bbox_to_anchor=(1.07, 0.5), fontsize=8, frameon=False)
     ax.set_title(title + (f"\n({MAX_BARS} weakest of {len(per_class)})" if cut else ""), fontsize=10, loc="left")
     return to_data_uri(fig)
 
