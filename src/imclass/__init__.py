@@ -25,6 +25,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "__version__",
+    "audit",
     "compare",
     "evaluate",
     "explain",
@@ -44,6 +45,7 @@ _LAZY = {
     "load_image": ".images",
     "Dataset": ".data",
     "load_dataset": ".data",
+    "audit": ".data",
     "train": ".training.api",
     "evaluate": ".evaluation.runner",
     "compare": ".evaluation.runner",
@@ -57,7 +59,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .classifier import Classifier
-    from .data import Dataset, load_dataset
+    from .data import Dataset, audit, load_dataset
     from .errors import ImageLoadError, ImclassError, ModelNotFoundError
     from .evaluation.explain import explain
     from .evaluation.runner import compare, evaluate

@@ -188,8 +188,9 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 
 def _register_verbs() -> None:
-    from . import cli_evaluate, cli_train
+    from . import cli_data, cli_evaluate, cli_train
 
+    cli_data.register(app)
     cli_train.register(app)
     cli_evaluate.register(app)
 

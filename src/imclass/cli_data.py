@@ -1,0 +1,364 @@
+"""``imclass data audit|clean|split|resize``: a thin face over :mod:`imclass.data`.
+
+Exit codes: 0 success, 1 usage or configuration error, 2 finished with per-file problems (audit: files
+that cannot be read; with ``--strict``, any finding; resize: files skipped as unreadable).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Optional
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2
+SHOW_FILES = 5  # files listed per finding in the terminal summary
+
+data_app = typer.Typer(
+    name="data", help="Audit, clean, split and resize labelled image datasets (class folders or CSV).",
+    no_args_is_help=True, add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False)
+
+DataArg = Annotated[Path, typer.Argument(
+    help="Class folders (root/<class>/*), split folders (root/{train,val,test}/<class>/*) or a CSV/TSV "
+         "of filename,label[,split].", show_default=False)]
+ImagesDir = Annotated[Optional[Path], typer.Option("--images-dir", help="Folder the CSV's filenames are relative to.")]
+MultiLabel = Annotated[Optional[bool], typer.Option("--multi-label/--single-label",
+                                                    help="Override the task detected from the CSV.",
+                                                    show_default=False)]
+SkipBadRows = Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed CSV rows (listed) instead of "
+                                                                   "stopping at the first.")]
+Embeddings = Annotated[bool, typer.Option("--embeddings/--no-embeddings",
+                                          help="Use backbone embeddings (semantic near-duplicates, label errors, "
+                                               "outliers); cached by file content.")]
+Backbone = Annotated[str, typer.Option("--backbone", help="Model whose embeddings are used: default | bundle dir | "
+                                                          "timm name.")]
+Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Decode threads.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``data`` command group to the ``imclass`` app."""
+    app.add_typer(data_app, name="data")
+
+
+# ---- audit ------------------------------------------------------------------------------------------
+
+@data_app.command(epilog="Example: imclass data audit photos/ --report audit/ --json audit.json")
+def audit(
+    data: DataArg,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write DIR/audit.html (self-contained).")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write every finding as JSON to FILE "
+                                                                     "('-': stdout, no table).")] = None,
+    embeddings: Embeddings = True,
+    backbone: Backbone = "default",
+    label_check: Annotated[bool, typer.Option("--label-check/--no-label-check",
+                                              help="Look for likely label errors (needs embeddings).")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 2 on any finding (for CI), not only on "
+                                                          "unreadable files.")] = False,
+    images_dir: ImagesDir = None,
+    multi_label: MultiLabel = None,
+    skip_bad_rows: SkipBadRows = False,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> int:
+    """Find unreadable files, duplicates, leaks, conflicting labels, likely label errors and outliers.
+
+    Prints a summary with the files involved; --report writes an HTML report with thumbnails and plots.
+    Exits 2 when some files cannot be read (with --strict: when anything is found).
+    """
+    from .data import audit as run_audit
+    from .data import write_report
+
+    to_stdout = json_file is not None and str(json_file) == "-"
+    with _Stages(quiet) as stages:
+        ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
+        res = run_audit(ds, embeddings=embeddings, backbone=backbone, label_check=label_check,
+                        workers=workers, progress=stages)
+    if json_file is not None:
+        text = json.dumps(res.to_dict(), ensure_ascii=False, indent=1)
+        if to_stdout:
+            sys.stdout.write(text + "\n")
+        else:
+            json_file.parent.mkdir(parents=True, exist_ok=True)
+            json_file.write_text(text, encoding="utf-8")
+    if not to_stdout:
+        _print_audit(res, ds)
+    if report is not None:
+        path = write_report(res, report, ds)
+        err.print(f"Report: {path}", highlight=False)
+    if json_file is not None and not to_stdout:
+        err.print(f"JSON: {json_file}", highlight=False)
+    counts = res.counts()
+    found = sum(v for k, v in counts.items() if k != "exact_duplicate_extra_files")
+    return EXIT_PARTIAL if res.unreadable or (strict and found) else EXIT_OK
+
+
+def _print_audit(res, ds) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .data.audit import split_overview, summary_lines
+
+    d = res.dataset
+    out.print(f"[bold]{escape(str(d['source']))}[/bold]: {d['images']} images, {len(d['classes'])} classes "
+              f"({d['task'].replace('_', '-')}); {escape(split_overview(res))}", highlight=False)
+    table = Table(show_lines=False)
+    table.add_column("check")
+    table.add_column("found", justify="right")
+    table.add_column("how", style="dim")
+    for name, n, how in summary_lines(res):
+        table.add_row(name, f"[red]{n}[/red]" if n else "[green]0[/green]", escape(how))
+    ratio = f"{res.imbalance_ratio:.2f}" if res.imbalance_ratio else "n/a"
+    table.add_row("class imbalance", ratio, "largest / smallest class")
+    out.print(table)
+    root = ds.root or ""
+
+    def short(p: str) -> str:
+        return p[len(root) + 1:] if root and p.startswith(root + "/") else p
+
+    sections: list[tuple[str, list[str]]] = [
+        ("unreadable", [f"{short(x['path'])}: {x['reason']}" for x in res.corrupt]),
+        ("not images", [f"{short(x['path'])}: {x['reason']}" for x in res.non_images]),
+        ("wrong extension", [f"{short(x['path'])}: {x['format']}" for x in res.wrong_extension]),
+        ("conflicting labels", [" = ".join(f"{short(p)} ({','.join(lab)})" for p, lab in zip(g["paths"], g["labels"]))
+                                for g in res.conflicts]),
+        ("leaks", [" = ".join(f"{short(p)} ({s or 'unassigned'})" for p, s in zip(g["paths"], g["splits"]))
+                   for g in res.leaks]),
+        ("exact duplicates", [" = ".join(short(p) for p in g["paths"]) for g in res.exact_duplicates]),
+        ("likely label errors", [f"{short(x['path'])}: {','.join(x['given'])} -> {','.join(x['suggested'])} "
+                                 f"(quality {x['quality']:.3f})" for x in res.label_issues]),
+        ("outliers", [f"{short(x['path'])} (score {x['score']:.3f})" for x in res.outliers]),
+    ]
+    for title, lines in sections:
+        if not lines:
+            continue
+        out.print(f"[bold]{title}[/bold] ({len(lines)}):", highlight=False)
+        for line in lines[:SHOW_FILES]:
+            out.print(f"  {escape(line)}", highlight=False)
+        if len(lines) > SHOW_FILES:
+            out.print(f"  [dim]... and {len(lines) - SHOW_FILES} more (--json / --report)[/dim]")
+    missing = res.split_coverage.get("missing") or {}
+    for split, classes in missing.items():
+        out.print(f"[yellow]split {escape(split)} has no images of: {escape(', '.join(classes))}[/yellow]")
+    for note in res.notes:
+        out.print(f"[dim]note: {escape(note)}[/dim]")
+
+
+# ---- clean ------------------------------------------------------------------------------------------
+
+@data_app.command(epilog="Example: imclass data clean photos/ --out photos-clean --drop corrupt,duplicates,leaks")
+def clean(
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="New (or empty) folder for the cleaned dataset.",
+                                          show_default=False)],
+    drop: Annotated[Optional[str], typer.Option(
+        "--drop", help="Comma-separated: corrupt, non-images, wrong-extension, tiny, odd-aspect, duplicates, "
+                       "near-duplicates, leaks, conflicts, label-errors, outliers, or all. "
+                       "Default: corrupt,non-images,duplicates,leaks,conflicts.", show_default=False)] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy the files.")] = False,
+    link: Annotated[bool, typer.Option("--link", help="Symlink the files (the default).")] = False,
+    backbone: Backbone = "default",
+    images_dir: ImagesDir = None,
+    multi_label: MultiLabel = None,
+    skip_bad_rows: SkipBadRows = False,
+    workers: Workers = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: Quiet = False,
+) -> int:
+    """Write a cleaned copy of DATA (links or copies, same folder structure) without the files --drop names.
+
+    Writes OUT/manifest.csv (re-importable) and OUT/excluded.csv (path, reason). Duplicate groups keep one
+    file; the originals are never modified.
+    """
+    from .data import clean as run_clean
+    from .data.clean import parse_drop
+
+    if copy and link:
+        raise typer.BadParameter("--copy and --link are mutually exclusive")
+    drops = parse_drop(drop)
+    with _Stages(quiet) as stages:
+        ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
+        res = run_clean(ds, out_dir, drop=drops, mode="copy" if copy else "link", backbone=backbone,
+                        workers=workers, progress=stages)
+    summary = res.to_dict()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return EXIT_OK
+    reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "nothing"
+    err.print(f"Kept {summary['kept']} of {len(ds)} images ({'copied' if copy else 'linked'}); "
+              f"excluded {summary['excluded']}: {reasons}", highlight=False)
+    err.print(f"Manifest: {res.manifest}\nExcluded: {res.excluded_csv}", highlight=False)
+    return EXIT_OK
+
+
+# ---- split ------------------------------------------------------------------------------------------
+
+@data_app.command(epilog="Example: imclass data split photos/ --out splits/ --val 0.2 --test 0.1 --seed 0")
+def split(
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for dataset.csv (and --materialize folders).",
+                                          show_default=False)],
+    val: Annotated[float, typer.Option("--val", min=0.0, max=0.99, help="Fraction for validation.")] = 0.2,
+    test: Annotated[float, typer.Option("--test", min=0.0, max=0.99, help="Fraction for test.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same split).")] = 0,
+    group_duplicates: Annotated[bool, typer.Option(
+        "--group-duplicates/--no-group-duplicates",
+        help="Keep exact and near-duplicates in one split.")] = True,
+    resplit: Annotated[bool, typer.Option("--resplit", help="Ignore existing split assignments.")] = False,
+    materialize: Annotated[bool, typer.Option("--materialize", help="Also write OUT/<split>/<class>/ "
+                                                                    "(single-label).")] = False,
+    copy: Annotated[bool, typer.Option("--copy", help="With --materialize: copy instead of symlinking.")] = False,
+    embeddings: Embeddings = True,
+    backbone: Backbone = "default",
+    images_dir: ImagesDir = None,
+    multi_label: MultiLabel = None,
+    skip_bad_rows: SkipBadRows = False,
+    workers: Workers = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: Quiet = False,
+) -> int:
+    """Stratified, reproducible train/val/test split (multi-label aware) written to OUT/dataset.csv.
+
+    Duplicate groups (same content, near-identical by pHash or embeddings) stay in one split. Rows that
+    already have a split keep it unless --resplit; new rows top the splits up to the fractions asked.
+    """
+    from .data import split as run_split
+
+    if copy and not materialize:
+        raise typer.BadParameter("--copy only makes sense with --materialize")
+    with _Stages(quiet) as stages:
+        ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
+        res = run_split(ds, val=val, test=test, seed=seed, group_duplicates=group_duplicates, resplit=resplit,
+                        embeddings=embeddings, backbone=backbone, out=out_dir, materialize=materialize,
+                        mode="copy" if copy else "link", workers=workers, progress=stages)
+    if as_json:
+        out.print_json(json.dumps(res.to_dict()))
+        return EXIT_OK
+    from rich.markup import escape
+    from rich.table import Table
+
+    counts = res.counts()
+    table = Table(title="Images per class and split")
+    table.add_column("class")
+    for s in counts:
+        table.add_column(s, justify="right")
+    for c in res.dataset.classes:
+        table.add_row(escape(c), *(str(counts[s][c]) for s in counts))
+    table.add_row("[bold]total[/bold]", *(str(sum(v.values())) for v in counts.values()))
+    out.print(table)
+    err.print(f"Assigned {res.assigned} rows, kept {res.kept} existing; {res.grouped_rows} rows in duplicate "
+              f"groups kept together.", highlight=False)
+    if res.leaks:
+        err.print(f"[yellow]{res.leaks} duplicate groups already span several splits (kept); "
+                  "use --resplit to fix them[/yellow]")
+    err.print(f"Dataset: {res.csv}" + (f"\nFolders: {res.folders}" if res.folders else ""), highlight=False)
+    return EXIT_OK
+
+
+# ---- resize -----------------------------------------------------------------------------------------
+
+@data_app.command(epilog="Example: imclass data resize photos/ --out photos-256 --size 256 --crop 224")
+def resize(
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the resized images.", show_default=False)],
+    size: Annotated[int, typer.Option("--size", min=1, help="Shorter side after resizing (px).")] = 256,
+    crop: Annotated[Optional[int], typer.Option("--crop", min=1, help="Then centre-crop to CROP x CROP.")] = None,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
+    images_dir: ImagesDir = None,
+    multi_label: MultiLabel = None,
+    skip_bad_rows: SkipBadRows = False,
+    workers: Workers = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: Quiet = False,
+) -> int:
+    """Resize every image (shorter side to --size, then an optional centre --crop), keeping the folders.
+
+    Resumable: run it again to finish; complete outputs are kept. A CSV dataset also gets a CSV in OUT.
+    Exits 2 when some files could not be read (they are listed and left out).
+    """
+    from .data import resize as run_resize
+
+    if crop is not None and crop > size:
+        raise typer.BadParameter(f"--crop ({crop}) cannot exceed --size ({size})")
+    with _Stages(quiet) as stages:
+        ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
+        res = run_resize(ds, out_dir, size=size, crop=crop, quality=quality, workers=workers,
+                         progress=lambda d, t: stages("resize", d, t))
+    if as_json:
+        out.print_json(json.dumps(res.to_dict()))
+    else:
+        from rich.markup import escape
+
+        err.print(f"Resized {res.written} images into {out_dir}"
+                  + (f"; {res.skipped} already done" if res.skipped else ""), highlight=False)
+        for x in res.failed[:SHOW_FILES]:
+            err.print(f"[red]skipped[/red] {escape(x['path'])}: {escape(x['reason'])}", highlight=False)
+        if len(res.failed) > SHOW_FILES:
+            err.print(f"... and {len(res.failed) - SHOW_FILES} more unreadable files (--json lists them)")
+        if res.csv:
+            err.print(f"Dataset: {res.csv}", highlight=False)
+    return EXIT_PARTIAL if res.failed else EXIT_OK
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+
+def _load(data: Path, images_dir, multi_label, skip_bad_rows: bool, stages: _Stages):
+    from .data import load_dataset
+
+    ds = load_dataset(data, images_dir=images_dir, multi_label=multi_label,
+                      on_error="skip" if skip_bad_rows else "raise", progress=lambda d, t: stages("read", d, t))
+    if ds.problems:
+        from rich.markup import escape
+
+        for p in ds.problems[:SHOW_FILES]:
+            err.print(f"[yellow]skipped[/yellow] {escape(str(p))}", highlight=False)
+        if len(ds.problems) > SHOW_FILES:
+            err.print(f"[yellow]... and {len(ds.problems) - SHOW_FILES} more rows skipped[/yellow]")
+    return ds
+
+
+class _Stages:
+    """A rich progress display with one bar per stage; callable as ``progress(stage, done, total)``."""
+
+    NAMES: ClassVar[dict[str, str]] = {
+        "read": "Reading files", "decode": "Decoding", "embed": "Embedding", "neighbours": "Neighbours",
+        "labels": "Label check", "resize": "Resizing"}
+
+    def __init__(self, quiet: bool):
+        self.progress: Any = None
+        self.tasks: dict[str, int] = {}
+        if not quiet:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description:<14}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                                     TimeRemainingColumn(), console=err, transient=False)
+
+    def __enter__(self) -> _Stages:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(self.NAMES.get(stage, stage), total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
