@@ -110,20 +110,27 @@ def _finish(ds: Dataset, cfg: TrainConfig, t: Trained, notes: list[str]) -> tupl
     keep = ~np.isnan(t.test_logits).any(axis=1) if len(t.test_logits) else np.zeros(0, bool)
     t.test_logits, t.test_index = t.test_logits[keep], t.test_index[keep]
     y_val = y[t.val_index]
+    # the held-out logits that decisions are fitted on: validation, plus out-of-fold ones when given
+    fit_logits, y_fit = t.val_logits, y_val
+    if t.calib_logits is not None and len(t.calib_logits):
+        fit_logits = np.concatenate([t.val_logits, t.calib_logits])
+        y_fit = np.concatenate([y_val, y[t.calib_index]])
     temperature = None
     metrics: dict[str, Any] = {"task": ds.task, "mode": cfg.mode, "classes": ds.classes}
-    if len(y_val) and cfg.calibrate:
-        temperature = calibrate.fit_temperature(t.val_logits, y_val, multi)
+    if len(y_fit) and cfg.calibrate:
+        temperature = calibrate.fit_temperature(fit_logits, y_fit, multi)
         before = calibrate.ece(calibrate.probs(t.val_logits, None, multi), y_val, multi_label=multi)
         after = calibrate.ece(calibrate.probs(t.val_logits, temperature, multi), y_val, multi_label=multi)
         metrics["calibration"] = {"temperature": round(temperature, 4), "ece_before": round(before, 4),
-                                  "ece_after": round(after, 4)}
+                                  "ece_after": round(after, 4), "fitted_on": int(len(y_fit))}
     p_val = calibrate.probs(t.val_logits, temperature, multi)
-    thresholds = calibrate.label_thresholds(p_val, y_val) if multi and len(y_val) else None
+    p_fit = calibrate.probs(fit_logits, temperature, multi)
+    thresholds = calibrate.label_thresholds(p_fit, y_fit) if multi and len(y_fit) else None
     unknown = None
-    if not multi and cfg.unknown_coverage is not None and len(y_val):
-        unknown = calibrate.unknown_threshold(p_val, cfg.unknown_coverage)
-        metrics["unknown"] = {"threshold": round(unknown, 4), "target_coverage": cfg.unknown_coverage}
+    if not multi and cfg.unknown_coverage is not None and len(y_fit):
+        unknown = calibrate.unknown_threshold(p_fit, cfg.unknown_coverage)
+        metrics["unknown"] = {"threshold": round(unknown, 4), "target_coverage": cfg.unknown_coverage,
+                              "fitted_on": int(len(y_fit))}
     metrics["val"] = summary_metrics(p_val, y_val, multi, thresholds, unknown)
     if len(t.test_index):
         p_test = calibrate.probs(t.test_logits, temperature, multi)

@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 #: Inverse regularisation strengths tried; the one with the lowest validation log loss wins.
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -31,7 +32,8 @@ class Head:
 def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None, *,
              num_classes: int, multi_label: bool = False, balanced: bool = False,
              grid: tuple[float, ...] = C_GRID, seed: int = 0) -> Head:
-    """Fit the head, choosing ``C`` on the validation set (log loss); without one, ``C=0.1``.
+    """Fit the head, choosing ``C`` on the validation set (log loss); without one, ``C=0.1`` (or the only
+    value of ``grid``).
 
     ``y`` are class indices (single-label) or a 0/1 matrix (multi-label). ``balanced`` weights classes
     inversely to their frequency (single-label) or positives vs negatives per label (multi-label).
@@ -41,12 +43,15 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
     scale[scale < 1e-6] = 1.0
     xt = (x_train - mean) / scale
     xv = None if x_val is None or len(x_val) == 0 else (x_val - mean) / scale
-    candidates = grid if xv is not None else (0.1,)
+    candidates = grid if xv is not None else ((grid[0],) if len(grid) == 1 else (0.1,))
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
     curve = []
     models: dict = {}  # warm starts: each C starts from the previous (smaller) C's solution
     for c in sorted(candidates):
-        w, b = (_fit_multi if multi_label else _fit_single)(xt, y_train, c, num_classes, balanced, seed, models)
+        # One BLAS thread: these products are small and memory-bound; two threads on two busy cores were
+        # 2-8x slower (neu_steel, 1,770 x 1,280: 0.75 s vs 1.3-5.9 s for the whole grid).
+        with threadpool_limits(1):
+            w, b = (_fit_multi if multi_label else _fit_single)(xt, y_train, c, num_classes, balanced, seed, models)
         if xv is None:
             best = (0.0, c, w, b)
             break
@@ -60,6 +65,22 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
     weight = w / scale
     bias = b - weight @ mean
     return Head(weight.astype(np.float32), bias.astype(np.float32), float(c), curve)
+
+
+def out_of_fold_logits(x: np.ndarray, y: np.ndarray, *, num_classes: int, multi_label: bool, balanced: bool,
+                       c: float, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Logits for every row of ``x`` from heads fitted without that row (K-fold, stratified when possible)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    out = np.zeros((len(x), num_classes), dtype=np.float32)
+    smallest = np.bincount(y).min() if not multi_label else 0
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if not multi_label and smallest >= folds
+                else KFold(folds, shuffle=True, random_state=seed))
+    for fit_idx, held in splitter.split(x, y if not multi_label else None):
+        head = fit_head(x[fit_idx], y[fit_idx], None, None, num_classes=num_classes, multi_label=multi_label,
+                        balanced=balanced, grid=(c,), seed=seed)
+        out[held] = head.logits(x[held])
+    return out
 
 
 def _lr(models: dict, key, c: float, balanced: bool, seed: int):

@@ -21,6 +21,9 @@ class Trained:
     val_index: np.ndarray  # rows of the dataset table the val logits belong to
     test_logits: np.ndarray
     test_index: np.ndarray
+    # extra held-out logits for calibration and thresholds (probe: out-of-fold on train when val is small)
+    calib_logits: np.ndarray | None = None
+    calib_index: np.ndarray | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     images: int = 0
     notes: list[str] = field(default_factory=list)

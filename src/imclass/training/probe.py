@@ -11,8 +11,11 @@ from ..errors import ImclassError
 from ..features import Embedder, embed_dataset
 from .assemble import with_new_head
 from .config import TrainConfig
-from .head import fit_head
+from .head import fit_head, out_of_fold_logits
 from .outcome import Trained
+
+#: Below this many validation images, calibration and thresholds also use out-of-fold training logits.
+SMALL_VAL = 200
 
 
 def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
@@ -46,6 +49,16 @@ def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
         progress("fitting head", 0, None)
     head = fit_head(x[tr], y_all[tr], x[va] if va.any() else None, y_all[va] if va.any() else None,
                     num_classes=len(ds.classes), multi_label=ds.multi_label, balanced=balanced, seed=cfg.seed)
+    calib_logits = calib_index = None
+    if va.sum() < SMALL_VAL and tr.sum() >= 25:
+        if progress is not None:
+            progress("out-of-fold calibration", 0, None)
+        tr_idx = np.flatnonzero(tr)
+        calib_logits = out_of_fold_logits(x[tr_idx], y_all[tr_idx], num_classes=len(ds.classes),
+                                          multi_label=ds.multi_label, balanced=balanced, c=head.C, seed=cfg.seed)
+        calib_index = tr_idx
+        notes.append(f"only {int(va.sum())} validation images: temperature and thresholds also use 5-fold "
+                     f"out-of-fold predictions on the {len(tr_idx)} training images")
     clf = embedder.classifier  # the backbone (built now if everything came from the cache)
     model, arch = with_new_head(clf.model, clf.spec.architecture, ds.classes, head.weight, head.bias)
     history = [{"C": c["C"], "val_log_loss": round(c["val_log_loss"], 5)} for c in head.curve]
@@ -55,6 +68,7 @@ def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
         model=model, architecture=arch, preprocess=clf.spec.preprocess, base=clf.spec,
         val_logits=head.logits(x[va]), val_index=np.flatnonzero(va),
         test_logits=head.logits(x[te]), test_index=np.flatnonzero(te),
+        calib_logits=calib_logits, calib_index=calib_index,
         history=history, images=int(tr.sum()), notes=notes,
         details={"C": head.C, "embeddings": {"backbone_key": emb.backbone, "computed": emb.computed,
                                              "cached": int(ok.sum()) - emb.computed, "dim": int(x.shape[1])}},
