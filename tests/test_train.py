@@ -180,7 +180,8 @@ def test_scratch_bundle_round_trip(blobs, tmp_path):
 @pytest.mark.slow
 def test_finetune_resume_after_kill_matches_uninterrupted(blobs, tmp_path):
     """kill -9 in the middle of epoch 2, resume: the same epochs and the same weights as a clean run."""
-    args = ["train", str(blobs), "--mode", "finetune", "--epochs", "3", "--image-size", "48", "-b", "8",
+    # small batches: ~15 steps per epoch, so the kill below lands well inside epoch 2
+    args = ["train", str(blobs), "--mode", "finetune", "--epochs", "3", "--image-size", "64", "-b", "3",
             "--workers", "0", "-q", "--seed", "1"]
     clean = run_cli(*args, "--out", str(tmp_path / "clean"), timeout=900)
     assert clean.returncode == 0, clean.stderr
@@ -193,9 +194,9 @@ def test_finetune_resume_after_kill_matches_uninterrupted(blobs, tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if state.is_file() and json.loads(state.read_text())["epoch"] == 0:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    time.sleep(1.0)  # well inside epoch 2
+    time.sleep(0.3)  # inside epoch 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads(state.read_text())["epoch"] == 0  # epoch 2 never finished
