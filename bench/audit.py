@@ -28,10 +28,11 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from proc import measure  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "audit"
@@ -81,26 +82,10 @@ def build_folder(n: int) -> Path:
 
 
 def run_process(cmd: list[str], log: Path, env: dict[str, str], timeout: float = 3600) -> tuple[float, float, int]:
-    """(wall seconds spawn to exit, this child's peak RSS in MiB, exit code); ``os.wait4`` gives the child's own
-    rusage, not the maximum over every child so far."""
-    with open(log, "wb") as f:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env})
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - t0 > timeout:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.02)
-        wall = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 2):  # 2: the audit finished and found unreadable files
-        tail = log.read_text(errors="replace")[-2000:]
-        sys.exit(f"bench/audit.py: {shlex.join(cmd)} exited with {code}:\n{tail}")
-    return wall, ru.ru_maxrss / 1024, code
+    """(wall seconds spawn to exit, this child's peak RSS in MiB, exit code); 2 = the audit found unreadable
+    files, which is fine here."""
+    m = measure(cmd, log, env=env, timeout=timeout, ok=(0, 2))
+    return m.wall, m.rss_mib, m.code
 
 
 def imclass_cmd() -> list[str]:

@@ -20,12 +20,11 @@ import time
 T0 = time.perf_counter()
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-EXTS = {".jpg", ".jpeg", ".png"}
+from naive_loop import timed_loop  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 SEED = 0
 
 
@@ -72,28 +71,12 @@ def main() -> None:
     classify = pipeline("image-classification", model=str(args.model), device="cpu")
     t_ready = time.perf_counter() - T0
 
-    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in EXTS)
-    warm = min(10, max(0, len(paths) - 1))  # images excluded from the steady-state window
-    t_warm = t_ready
-    rows = []
-    done = 0
-    for i, path in enumerate(paths):
-        if args.max_seconds and i > warm and time.perf_counter() - T0 - t_ready > args.max_seconds:
-            break
-        best = classify(str(path))[0]  # the pipeline's default top 5, best first
-        rows.append((str(path), best["label"], f"{best['score']:.6f}"))
-        done = i + 1
-        if done == warm:
-            t_warm = time.perf_counter() - T0
-    t_end = time.perf_counter() - T0
 
-    with open(args.output, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "score"])
-        w.writerows(rows)
-    if args.timing:
-        args.timing.write_text(json.dumps({"n": done, "total": len(paths), "warm": warm, "t_ready": t_ready,
-                                           "t_warm": t_warm, "t_end": t_end}))
+    def one(path: Path) -> tuple[str, float]:
+        best = classify(str(path))[0]  # the pipeline's default top 5, best first
+        return best["label"], best["score"]
+
+    timed_loop(args, one, T0, t_ready)
 
 
 if __name__ == "__main__":

@@ -47,14 +47,7 @@ def main() -> None:
     model, labels = clf.model.eval(), clf.labels
     t_ready = time.perf_counter() - T0
 
-    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in EXTS)
-    warm = min(10, max(0, len(paths) - 1))  # images excluded from the steady-state window
-    t_warm = t_ready
-    rows = []
-    done = 0
-    for i, path in enumerate(paths):
-        if args.max_seconds and i > warm and time.perf_counter() - T0 - t_ready > args.max_seconds:
-            break
+    def classify(path: Path) -> tuple[str, float]:
         img = Image.open(path).convert("RGB")
         transform = create_transform(**resolve_data_config({}, model=model))
         x = transform(img).unsqueeze(0)
@@ -62,11 +55,29 @@ def main() -> None:
             logits = model(x)
         probs = torch.softmax(logits, dim=1)
         idx = int(probs.argmax(dim=1))
-        rows.append((str(path), labels[idx], f"{float(probs[0, idx]):.6f}"))
+        return labels[idx], float(probs[0, idx])
+
+    timed_loop(args, classify, T0, t_ready)
+
+
+def timed_loop(args: argparse.Namespace, classify, t0: float, t_ready: float) -> None:
+    """Classify every photo in ``args.folder`` one at a time with ``classify(path) -> (label, score)``, write
+    ``args.output`` (path,label,score) and, with ``args.timing``, the timestamps (seconds since ``t0``) the
+    caller needs; stop after ``args.max_seconds`` in the loop. Shared by the seed-style loops."""
+    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in EXTS)
+    warm = min(10, max(0, len(paths) - 1))  # images excluded from the steady-state window
+    t_warm = t_ready
+    rows = []
+    done = 0
+    for i, path in enumerate(paths):
+        if args.max_seconds and i > warm and time.perf_counter() - t0 - t_ready > args.max_seconds:
+            break
+        label, score = classify(path)
+        rows.append((str(path), label, f"{score:.6f}"))
         done = i + 1
         if done == warm:
-            t_warm = time.perf_counter() - T0
-    t_end = time.perf_counter() - T0
+            t_warm = time.perf_counter() - t0
+    t_end = time.perf_counter() - t0
 
     with open(args.output, "w", newline="") as f:
         w = csv.writer(f)

@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from proc import measure  # bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
@@ -272,44 +274,9 @@ class Proc:
 
 def run_process(cmd: list[str], log: Path, timeout: float = 1800, env: dict[str, str] | None = None,
                 watch: Path | None = None) -> tuple[float, float, tuple[float, int] | None]:
-    """Run ``cmd`` to completion: (wall seconds from spawn to exit, *this child's* peak RSS in MiB, first rows).
-
-    ``os.wait4`` reports the rusage of exactly the process it reaps (plus descendants it waited for),
-    unlike ``getrusage(RUSAGE_CHILDREN)``, whose ``ru_maxrss`` is the max over every child so far.
-    ``watch``: an output CSV the child appends to batch by batch (it must not exist beforehand); the
-    moment its first rows appear is returned as (seconds after spawn, rows).
-    """
-    first = None
-    with open(log, "wb") as f:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "IMCLASS_CACHE_DIR": str(CACHE), **(env or {})})
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if watch is not None and first is None:
-                first = _rows_so_far(watch, t0)
-            if time.perf_counter() - t0 > timeout:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.02)
-        wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        tail = log.read_text(errors="replace")[-2000:]
-        sys.exit(f"bench/predict.py: {shlex.join(cmd)} exited with {p.returncode}:\n{tail}")
-    return wall, ru.ru_maxrss / 1024, first
-
-
-def _rows_so_far(path: Path, t0: float) -> tuple[float, int] | None:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    rows = data.count(b"\n") - 1  # minus the header
-    return (time.perf_counter() - t0, rows) if rows > 0 else None
+    """(wall seconds spawn to exit, this child's peak RSS in MiB, first rows of ``watch``); see ``proc.measure``."""
+    m = measure(cmd, log, env={"IMCLASS_CACHE_DIR": str(CACHE), **(env or {})}, timeout=timeout, watch=watch)
+    return m.wall, m.rss_mib, m.first
 
 
 @dataclass

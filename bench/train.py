@@ -22,8 +22,9 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from proc import measure  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "train"
@@ -38,18 +39,9 @@ SETS = {
 
 def run_measured(args: list[str], cache: Path) -> dict:
     """Run ``imclass ARGS --json -q`` in a child process; wall time, its own peak RSS and its metrics."""
-    env = {**os.environ, "IMCLASS_CACHE_DIR": str(cache)}
-    t0 = time.perf_counter()
-    pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "imclass", *args, "--json", "-q"], env,
-                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, str(OUT / "stdout.json"), os.O_WRONLY | os.O_CREAT
-                                        | os.O_TRUNC, 0o644),
-                                       (os.POSIX_SPAWN_OPEN, 2, str(OUT / "stderr.txt"), os.O_WRONLY | os.O_CREAT
-                                        | os.O_TRUNC, 0o644)])
-    _, status, usage = os.wait4(pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: imclass {' '.join(args)}\n{(OUT / 'stderr.txt').read_text()[-2000:]}")
-    return {"wall": wall, "metrics": json.loads((OUT / "stdout.json").read_text()), "rss_mib": usage.ru_maxrss / 1024}
+    m = measure([sys.executable, "-m", "imclass", *args, "--json", "-q"], OUT / "stderr.txt",
+                env={"IMCLASS_CACHE_DIR": str(cache)}, stdout=OUT / "stdout.json")
+    return {"wall": m.wall, "metrics": json.loads((OUT / "stdout.json").read_text()), "rss_mib": m.rss_mib}
 
 
 def headline(m: dict) -> str:

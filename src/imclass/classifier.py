@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,10 @@ import numpy as np
 from PIL import Image
 
 from .engine.backends import TorchBackend, default_threads, resolve_device
-from .engine.pipeline import DEFAULT_BATCH_SIZE, run_batches
+from .engine.pipeline import DEFAULT_BATCH_SIZE, map_arrays, run_batches
 from .engine.sources import iter_image_paths
 from .errors import ImclassError
-from .images import load_image, source_name
+from .images import source_name
 from .models.spec import ModelSpec
 from .prediction import Prediction, decide, probabilities
 
@@ -143,9 +143,7 @@ class Classifier:
     # ---- prediction ---------------------------------------------------------------------------
     def decode(self, item: Any) -> np.ndarray:
         """One image (path, bytes, stream or PIL image) -> ``uint8`` model-input array."""
-        pre = self.spec.preprocess
-        img = load_image(item, draft_size=pre.draft_size())
-        return pre.to_array(img)
+        return self.spec.preprocess.load(item)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """``uint8`` NHWC batch -> raw logits."""
@@ -182,20 +180,26 @@ class Classifier:
                                       reject_unknown=reject_unknown))
 
     def predict_proba(self, images: Iterable[Any], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                      workers: int | None = None) -> np.ndarray:
-        """Calibrated probabilities ``(N, classes)``; rows of unreadable images are NaN."""
-        rows: list[np.ndarray] = []
-        nan = np.full(self.spec.num_classes, np.nan)
+                      workers: int | None = None, return_errors: bool = False,
+                      progress: Callable[[int, int], None] | None = None):
+        """Calibrated probabilities ``(N, classes)``; rows of unreadable images are NaN.
 
-        def infer(batch: np.ndarray, names: list[str]) -> list[Prediction]:
-            probs = probabilities(self.logits(batch), self.spec)
-            return [_ProbRow(n, p) for n, p in zip(names, probs)]
+        ``return_errors=True`` returns ``(probabilities, errors)`` with why each NaN row failed;
+        ``progress(done, total)`` is called after every batch.
+        """
+        items = list(_expand(images))
+        done = 0
 
-        for batch in run_batches(_expand(images), decode=self.decode, infer=infer, name_of=source_name,
-                                 batch_size=batch_size,
-                                 workers=default_workers() if workers is None else workers):
-            rows.extend(p.probs if isinstance(p, _ProbRow) else nan for p in batch)
-        return np.stack(rows) if rows else np.zeros((0, self.spec.num_classes))
+        def tick(_ok: list[int], _rows: np.ndarray, size: int) -> None:
+            nonlocal done
+            done += size
+            progress(done, len(items))
+
+        probs, errors = map_arrays(items, lambda batch: probabilities(self.logits(batch), self.spec),
+                                   decode=self.decode, width=self.spec.num_classes, batch_size=batch_size,
+                                   workers=default_workers() if workers is None else workers,
+                                   on_batch=None if progress is None else tick)
+        return (probs, errors) if return_errors else probs
 
 
 def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):
@@ -250,9 +254,3 @@ def _expand_each(images: Iterable[Any]) -> Iterator[Any]:
             yield from iter_image_paths([im])
         else:
             yield im
-
-
-class _ProbRow(Prediction):
-    def __init__(self, path: str, probs: np.ndarray):
-        super().__init__(path)
-        self.probs = probs

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+
+from .cli_progress import StageProgress
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -75,7 +77,7 @@ def audit(
     from .data import write_report
 
     to_stdout = json_file is not None and str(json_file) == "-"
-    with _Stages(quiet) as stages:
+    with _stages(quiet) as stages:
         ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
         res = run_audit(ds, embeddings=embeddings, backbone=backbone, label_check=label_check,
                         workers=workers, progress=stages)
@@ -181,7 +183,7 @@ def clean(
     if copy and link:
         raise typer.BadParameter("--copy and --link are mutually exclusive")
     drops = parse_drop(drop)
-    with _Stages(quiet) as stages:
+    with _stages(quiet) as stages:
         ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
         res = run_clean(ds, out_dir, drop=drops, mode="copy" if copy else "link", backbone=backbone,
                         workers=workers, progress=stages)
@@ -231,7 +233,7 @@ def split(
 
     if copy and not materialize:
         raise typer.BadParameter("--copy only makes sense with --materialize")
-    with _Stages(quiet) as stages:
+    with _stages(quiet) as stages:
         ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
         res = run_split(ds, val=val, test=test, seed=seed, group_duplicates=group_duplicates, resplit=resplit,
                         embeddings=embeddings, backbone=backbone, out=out_dir, materialize=materialize,
@@ -285,7 +287,7 @@ def resize(
 
     if crop is not None and crop > size:
         raise typer.BadParameter(f"--crop ({crop}) cannot exceed --size ({size})")
-    with _Stages(quiet) as stages:
+    with _stages(quiet) as stages:
         ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
         res = run_resize(ds, out_dir, size=size, crop=crop, quality=quality, workers=workers,
                          progress=lambda d, t: stages("resize", d, t))
@@ -307,7 +309,11 @@ def resize(
 
 # ---- helpers ----------------------------------------------------------------------------------------
 
-def _load(data: Path, images_dir, multi_label, skip_bad_rows: bool, stages: _Stages):
+STAGE_NAMES = {"read": "Reading files", "decode": "Decoding", "embed": "Embedding", "neighbours": "Neighbours",
+               "labels": "Label check", "resize": "Resizing"}
+
+
+def _load(data: Path, images_dir, multi_label, skip_bad_rows: bool, stages: StageProgress):
     from .data import load_dataset
 
     ds = load_dataset(data, images_dir=images_dir, multi_label=multi_label,
@@ -322,43 +328,5 @@ def _load(data: Path, images_dir, multi_label, skip_bad_rows: bool, stages: _Sta
     return ds
 
 
-class _Stages:
-    """A rich progress display with one bar per stage; callable as ``progress(stage, done, total)``."""
-
-    NAMES: ClassVar[dict[str, str]] = {
-        "read": "Reading files", "decode": "Decoding", "embed": "Embedding", "neighbours": "Neighbours",
-        "labels": "Label check", "resize": "Resizing"}
-
-    def __init__(self, quiet: bool):
-        self.progress: Any = None
-        self.tasks: dict[str, int] = {}
-        if not quiet:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description:<14}"), BarColumn(),
-                                     MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                                     TimeRemainingColumn(), console=err, transient=False)
-
-    def __enter__(self) -> _Stages:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.progress is None:
-            return
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(self.NAMES.get(stage, stage), total=total)
-        self.progress.update(self.tasks[stage], completed=done, total=total)
+def _stages(quiet: bool) -> StageProgress:
+    return StageProgress(err, quiet, names=STAGE_NAMES)

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .cli_progress import StageProgress
+
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2
 SPLITS = ("val", "test", "all")
 EXPLAIN_CHUNK = 32
@@ -71,11 +73,12 @@ def evaluate_command(
     _check_choice(split, SPLITS, "--split")
     _check_method(cam, "--cam")
     printing_json = json_out == "-"
-    with _progress(quiet or printing_json) as on_progress:
+    with StageProgress(err, quiet or printing_json) as progress:
         res = evaluate(model, data, split=split, report=report, predictions=predictions,
                        json_path=None if json_out in (None, "-") else json_out, images_dir=images_dir,
                        device=device, backend=backend, batch_size=batch_size, cam_method=cam,
-                       unknown_threshold="model" if unknown is None else unknown or None, on_progress=on_progress)
+                       unknown_threshold="model" if unknown is None else unknown or None,
+                       on_progress=lambda done, total: progress("Evaluating", done, total))
     if printing_json:
         out.print_json(json.dumps(res.metrics, default=str))
     else:
@@ -229,30 +232,3 @@ def _check_method(method: str, name: str) -> None:
         method_name(method)
     except ImclassError as e:
         raise typer.BadParameter(str(e), param_hint=name) from None
-
-
-class _progress:
-    """Context manager yielding an ``on_progress(done, total)`` callback drawing a rich bar (or None)."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
-
-    def __enter__(self):
-        if self.quiet:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("Evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=err, transient=True)
-        task = self.bar.add_task("eval", total=None)
-        self.bar.start()
-
-        def update(done: int, total: int) -> None:
-            self.bar.update(task, completed=done, total=total)
-
-        return update
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

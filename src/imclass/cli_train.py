@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_progress import StageProgress
 from .training.config import AUGMENTS, MODES
 
 
@@ -74,14 +75,9 @@ def train(
         return _find_lr(data, cfg, out, err, quiet)
     if out is None:
         raise typer.BadParameter("--out RUN_FOLDER is required (where the model bundle is written)")
-    progress = None if quiet else _Progress(err)
-    try:
-        _, result = train_fn(str(data), out, config=cfg, resume=resume,
-                             progress=None if progress is None else progress.update,
-                             on_epoch=None if progress is None else progress.epoch)
-    finally:
-        if progress is not None:
-            progress.stop()
+    with StageProgress(err, quiet, width=28) as progress:
+        _, result = train_fn(str(data), out, config=cfg, resume=resume, progress=progress,
+                             on_epoch=lambda rec: progress.print(_epoch_line(rec)))
     if as_json:
         sys.stdout.write(json.dumps(result.metrics, indent=2, default=str) + "\n")
     elif not quiet:
@@ -89,34 +85,14 @@ def train(
     return 0
 
 
-class _Progress:
-    """One rich progress bar per stage (embedding, epochs...), plus a line per finished epoch."""
-
-    def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = console
-        self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=False)
-        self.tasks: dict[str, int] = {}
-        self.bar.start()
-
-    def update(self, stage: str, done: int, total: int | None) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total)
-        self.bar.update(self.tasks[stage], completed=done, total=total)
-
-    def epoch(self, rec: dict) -> None:
-        parts = [f"epoch {rec['epoch']}", f"train loss {rec['train_loss']:.4f}"]
-        for key in ("val_loss", "val_accuracy", "val_macro_f1"):
-            if key in rec:
-                parts.append(f"{key.replace('_', ' ')} {rec[key]:.4f}")
-        if rec.get("improved"):
-            parts.append("[green]best[/green]")
-        self.bar.console.print("  ".join(parts), highlight=False)
-
-    def stop(self) -> None:
-        self.bar.stop()
+def _epoch_line(rec: dict) -> str:
+    parts = [f"epoch {rec['epoch']}", f"train loss {rec['train_loss']:.4f}"]
+    for key in ("val_loss", "val_accuracy", "val_macro_f1"):
+        if key in rec:
+            parts.append(f"{key.replace('_', ' ')} {rec[key]:.4f}")
+    if rec.get("improved"):
+        parts.append("[green]best[/green]")
+    return "  ".join(parts)
 
 
 def _print_result(err, result) -> None:
@@ -147,25 +123,11 @@ def _print_result(err, result) -> None:
 
 
 def _find_lr(data: Path, cfg, out: Path | None, err, quiet: bool) -> int:
-    from .data import load_dataset
-    from .training.finetune import find_lr, plot_lr
-    from .training.validation import with_validation
+    from .training import find_lr
 
-    if cfg.mode == "probe":
-        raise typer.BadParameter("--find-lr is for --mode finetune or scratch (the probe chooses its own C)")
-    ds, _ = with_validation(load_dataset(str(data), multi_label=cfg.multi_label).readable(), cfg.val_fraction,
-                            cfg.seed)
-    progress = None if quiet else _Progress(err)
-    try:
-        res = find_lr(ds, cfg, progress=None if progress is None else progress.update)
-    finally:
-        if progress is not None:
-            progress.stop()
-    path = (out or Path(".")) / "lr_find.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plot_lr(res, path)
+    with StageProgress(err, quiet, width=28) as progress:
+        res = find_lr(str(data), out, config=cfg, progress=progress)
     err.print(f"Suggested learning rate: {res['suggested_lr']:.2e} (minimum loss / 10: "
-              f"{res['min_loss_lr_div10']:.2e}). Plot: {path}. Train with --lr {res['suggested_lr']:.1e}")
-    sys.stdout.write(json.dumps({"suggested_lr": res["suggested_lr"],
-                                 "min_loss_lr_div10": res["min_loss_lr_div10"], "plot": str(path)}) + "\n")
+              f"{res['min_loss_lr_div10']:.2e}). Plot: {res['plot']}. Train with --lr {res['suggested_lr']:.1e}")
+    sys.stdout.write(json.dumps({k: res[k] for k in ("suggested_lr", "min_loss_lr_div10", "plot")}) + "\n")
     return 0

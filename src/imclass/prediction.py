@@ -52,12 +52,17 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + e^-x) without overflow warnings for large |x|
 
 
-def probabilities(logits: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Calibrated probabilities: temperature scaling, then softmax (single) or sigmoid (multi)."""
+def calibrated(logits: np.ndarray, temperature: float | None, multi_label: bool) -> np.ndarray:
+    """Temperature scaling, then softmax (single-label) or sigmoid (multi-label)."""
     z = logits.astype(np.float64)
-    if spec.temperature:
-        z = z / spec.temperature
-    return sigmoid(z) if spec.task == "multi_label" else softmax(z)
+    if temperature:
+        z = z / temperature
+    return sigmoid(z) if multi_label else softmax(z)
+
+
+def probabilities(logits: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Calibrated probabilities of a model: its temperature and task."""
+    return calibrated(logits, spec.temperature, spec.task == "multi_label")
 
 
 def decide(probs: np.ndarray, paths: list[str], spec: ModelSpec, top_k: int,

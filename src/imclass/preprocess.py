@@ -120,6 +120,13 @@ class Preprocess:
             img = img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample)
         return _center_crop(img, self.input_size)
 
+    def load(self, src) -> np.ndarray:
+        """One image (path, bytes, stream or PIL image) through the safe loader -> ``uint8`` model input
+        (JPEGs decode in draft mode at the smallest scale that keeps the input size)."""
+        from .images import load_image
+
+        return self.to_array(load_image(src, draft_size=self.draft_size()))
+
     def to_array(self, img: Image.Image) -> np.ndarray:
         """RGB image -> ``uint8`` array (H, W, 3) of the model's input size."""
         return np.asarray(self.resize_crop(img), dtype=np.uint8)

@@ -1,8 +1,9 @@
 """Likely label errors: out-of-fold probabilities from a linear probe on embeddings, ranked by cleanlab.
 
-The probe is ``StandardScaler`` + ``LogisticRegression`` (one-vs-rest for multi-label data), evaluated with
-stratified, group-aware K-fold ``cross_val_predict`` (duplicate groups never straddle folds, so a copy
-cannot vouch for its own label). K = min(5, smallest class size), at least 2.
+The probe is the training probe's head (:mod:`imclass.features.head`: standardised features, scikit-learn
+``LogisticRegression``, one per label for multi-label data), evaluated out of fold with stratified, group-aware
+K-fold (duplicate groups never straddle folds, so a copy cannot vouch for its own label).
+K = min(5, smallest class size), at least 2.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..features.head import out_of_fold_logits
+from ..prediction import calibrated
 from .stratify import stratified_folds
 
 MAX_FOLDS = 5
@@ -73,7 +76,9 @@ def check_labels(vectors: np.ndarray, targets: np.ndarray, groups: np.ndarray, *
         res.notes.append("duplicate groups leave too few folds for the label check")
         return res
     res.c = float(c if c is not None else PROBE_C_PER_DIM / x.shape[1])
-    probs = _oof_probs(x, yy, cv, multi_label, res.c, seed)
+    logits = out_of_fold_logits(x, yy, cv, num_classes=yy.shape[1] if multi_label else len(present_cls),
+                                multi_label=multi_label, c=res.c, seed=seed)
+    probs = calibrated(logits, None, multi_label)
     res.folds, res.checked = len(cv), len(rows)
     if multi_label:
         from cleanlab.multilabel_classification import filter as ml_filter
@@ -103,20 +108,3 @@ def check_labels(vectors: np.ndarray, targets: np.ndarray, groups: np.ndarray, *
     res.quality[rows] = quality
     res.issues = [int(rows[i]) for i in ranked]
     return res
-
-
-def _oof_probs(x: np.ndarray, y: np.ndarray, cv, multi_label: bool, c: float, seed: int) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_predict
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    lr = LogisticRegression(C=c, max_iter=1000, random_state=seed)
-    probe = make_pipeline(StandardScaler(), OneVsRestClassifier(lr) if multi_label else lr)
-    # L-BFGS makes thousands of small BLAS calls: a multi-threaded BLAS spends them waiting on its own
-    # threads (measured 25x slower on 2 busy cores than single-threaded)
-    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
-        warnings.simplefilter("ignore")  # convergence chatter and constant one-vs-rest columns
-        return cross_val_predict(probe, x, y, cv=cv, method="predict_proba", n_jobs=1)

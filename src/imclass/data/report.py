@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import io
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ImageLoadError
-from ..images import load_image
+from ..fileio import atomic_write_text
+from ..html_assets import png_uri, thumbnail_uri
 from .audit import AuditResult, split_overview, summary_lines
 from .dataset import Dataset
 from .report_template import TEMPLATE
@@ -72,35 +70,23 @@ def write_report(result: AuditResult, out: str | os.PathLike, dataset: Dataset |
         colour=r.colour, colour_cards=[card(p) for p in r.colour.get("files", [])[:GALLERY_MAX]],
         counts=r.counts(), gallery_max=GALLERY_MAX,
     )
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return atomic_write_text(target, html)
 
 
 class _Thumbs:
-    """Thumbnail data URIs, each file decoded once."""
+    """Thumbnail data URIs, each file decoded once ("" when unreadable)."""
 
     def __init__(self):
         self.done: dict[str, str] = {}
 
     def __call__(self, path: str) -> str:
         if path not in self.done:
-            try:
-                img = load_image(path, draft_size=(THUMB, THUMB))
-                img.thumbnail((THUMB, THUMB))
-                buf = io.BytesIO()
-                img.save(buf, "JPEG", quality=80)
-                self.done[path] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-            except ImageLoadError:
-                self.done[path] = ""
+            self.done[path] = thumbnail_uri(path, THUMB) or ""
         return self.done[path]
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_uri(fig, dpi=100)
 
 
 def _plots(r: AuditResult, dataset: Dataset | None) -> list[dict[str, str]]:

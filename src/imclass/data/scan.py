@@ -7,18 +7,16 @@ a second audit of the same files decodes nothing.
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import PIL
 from PIL import Image, ImageChops
 
 from ..errors import ImageLoadError
 from ..images import load_image
+from ..sqlite_store import SqliteStore
 
 SCAN_VERSION = f"scan-v1/pillow-{PIL.__version__}"
 #: Decode JPEGs at a reduced DCT scale no smaller than this: every byte of the stream is still decoded.
@@ -59,7 +57,7 @@ def is_grey(img: Image.Image) -> bool:
     return coloured <= GREY_MAX_COLOURED * img.width * img.height
 
 
-class ScanCache:
+class ScanCache(SqliteStore):
     """``ScanFacts`` by content sha256 in SQLite (WAL; safe across threads and processes)."""
 
     def __init__(self, path: str | os.PathLike | None = None):
@@ -67,40 +65,19 @@ class ScanCache:
             from ..export.cache import cache_dir
 
             path = cache_dir() / "scan.sqlite3"
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conn().execute("CREATE TABLE IF NOT EXISTS scan (sha256 TEXT, version TEXT, error TEXT, grey INTEGER, "
-                             "phash TEXT, PRIMARY KEY (sha256, version)) WITHOUT ROWID")
-
-    def _conn(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA busy_timeout=60000")
-            self._local.con = con
-        return con
+        super().__init__(path, "CREATE TABLE IF NOT EXISTS scan (sha256 TEXT, version TEXT, error TEXT, "
+                               "grey INTEGER, phash TEXT, PRIMARY KEY (sha256, version)) WITHOUT ROWID;")
 
     def get(self, shas: Sequence[str]) -> dict[str, ScanFacts]:
-        found: dict[str, ScanFacts] = {}
-        unique = list(dict.fromkeys(shas))
-        for i in range(0, len(unique), 500):
-            chunk = unique[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn().execute(
-                f"SELECT sha256, error, grey, phash FROM scan WHERE version=? AND sha256 IN ({marks})",
-                (SCAN_VERSION, *chunk))
-            for sha, error, grey, phash in rows:
-                found[sha] = ScanFacts(error, None if grey is None else bool(grey),
-                                       None if phash is None else int(phash))
-        return found
+        return {sha: ScanFacts(error, None if grey is None else bool(grey), None if phash is None else int(phash))
+                for sha, error, grey, phash in self.select_in(
+                    "SELECT sha256, error, grey, phash FROM scan WHERE version=? AND sha256 IN ({marks})",
+                    (SCAN_VERSION,), shas)}
 
     def put(self, items: Sequence[tuple[str, ScanFacts]]) -> None:
-        rows = [(sha, SCAN_VERSION, f.error, None if f.grey is None else int(f.grey),
-                 None if f.phash is None else str(f.phash)) for sha, f in items]
-        if rows:
-            self._conn().executemany("INSERT OR REPLACE INTO scan VALUES (?, ?, ?, ?, ?)", rows)
+        self.write("INSERT OR REPLACE INTO scan VALUES (?, ?, ?, ?, ?)",
+                   [(sha, SCAN_VERSION, f.error, None if f.grey is None else int(f.grey),
+                     None if f.phash is None else str(f.phash)) for sha, f in items])
 
 
 def scan_dataset(paths: Sequence[str], shas: Sequence[str | None], import_errors: Sequence[str | None], *,

@@ -8,7 +8,7 @@ stays flat whatever the size of the library.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -94,3 +94,57 @@ def _infer_chunk(buf: list[Decoded], infer) -> list[Prediction]:
         if arr is None:
             out[i] = Prediction(name, error=err)
     return out  # type: ignore[return-value]
+
+
+class ArrayRow(Prediction):
+    """A result row carrying an array (probabilities, logits, features) instead of labels."""
+
+    def __init__(self, path: str, array: np.ndarray):
+        super().__init__(path)
+        self.array = array
+
+
+BatchHook = Callable[[list[int], np.ndarray, int], None]  # (item indices done, their rows, batch size)
+
+
+def map_arrays(
+    items: Sequence[Any],
+    fn: Callable[[np.ndarray], np.ndarray],
+    *,
+    decode: Callable[[Any], np.ndarray],
+    width: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 2,
+    on_batch: BatchHook | None = None,
+) -> tuple[np.ndarray, list[str | None]]:
+    """Run ``fn`` (``uint8`` NHWC batch -> one row per image) over ``items`` through :func:`run_batches`.
+
+    Returns ``(rows, errors)``: ``rows`` has one row per item, in order (NaN where the item could not be
+    decoded; ``width`` columns when nothing could), ``errors[i]`` says why. ``on_batch`` is called after
+    every batch with the indices that succeeded, their rows, and the batch size.
+    """
+    found: list[np.ndarray | None] = [None] * len(items)
+    errors: list[str | None] = [None] * len(items)
+
+    def infer(batch: np.ndarray, names: list[str]) -> list[Prediction]:
+        return [ArrayRow(name, row) for name, row in zip(names, np.asarray(fn(batch)))]
+
+    for preds in run_batches(list(enumerate(items)), decode=lambda it: decode(it[1]), infer=infer,
+                             name_of=lambda it: str(it[0]), batch_size=batch_size, workers=workers):
+        done = []
+        for p in preds:
+            i = int(p.path)
+            if isinstance(p, ArrayRow):
+                found[i] = p.array
+                done.append(i)
+            else:
+                errors[i] = p.error
+        if on_batch is not None:
+            on_batch(done, np.stack([found[i] for i in done]) if done else np.zeros((0, width or 0)), len(preds))
+    first = next((a for a in found if a is not None), None)
+    dim = first.shape[0] if first is not None else (width or 0)
+    rows = np.full((len(items), dim), np.nan, dtype=first.dtype if first is not None else np.float32)
+    for i, a in enumerate(found):
+        if a is not None:
+            rows[i] = a
+    return rows, errors

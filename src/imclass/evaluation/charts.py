@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import numpy as np
+
+from ..html_assets import png_uri
 
 MAX_BARS = 40  # classes shown in bar charts (the weakest by F1 when there are more)
 MAX_ANNOTATED = 25  # confusion matrices larger than this are not annotated with counts
@@ -24,9 +24,7 @@ def _figure(width: float, height: float):
 
 
 def to_data_uri(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_uri(fig)
 
 
 def _weakest(per_class: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:

@@ -6,8 +6,6 @@ can be mailed as is.
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import os
 from pathlib import Path
@@ -15,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..fileio import atomic_write_text
+from ..html_assets import jpeg_uri, thumbnail_uri
 from . import charts
 from .metrics import MULTI_LABEL, headline
 from .runner import EvalResult, write_json, write_predictions
@@ -48,11 +48,7 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, clf=None, au
              "predictions": str(write_predictions(result.table, out / "predictions.csv"))}
     html = render_report(result, clf=clf, audit=audit, cam_method=cam_method, gallery=gallery, samples=samples,
                          title=title)
-    path = out / "report.html"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    files["report"] = str(path)
+    files["report"] = str(atomic_write_text(out / "report.html", html))
     return files
 
 
@@ -178,7 +174,7 @@ def _pairs(result: EvalResult, confused: list[dict[str, Any]]) -> list[dict[str,
         rows = rows.sort_values("confidence", ascending=False).head(PAIR_EXAMPLES)
         examples = []
         for i in rows.index:
-            thumb = thumbnail(t.at[i, "path"], 96)
+            thumb = thumbnail_uri(t.at[i, "path"], 96)
             if thumb:
                 examples.append({"thumb": thumb, "path": t.at[i, "path"], "name": Path(t.at[i, "path"]).name,
                                  "confidence": float(t.at[i, "confidence"])})
@@ -190,7 +186,7 @@ def _tile(result: EvalResult, i: int) -> dict[str, Any]:
     t = result.table
     path = str(t.at[i, "path"])
     loss = t.at[i, "loss"]
-    return {"path": path, "name": Path(path).name, "thumb": thumbnail(path), "cam": None, "cam_label": None,
+    return {"path": path, "name": Path(path).name, "thumb": thumbnail_uri(path, THUMB), "cam": None, "cam_label": None,
             "true": t.at[i, "true"], "predicted": t.at[i, "predicted"], "confidence": _maybe(t.at[i, "confidence"]),
             "correct": bool(t.at[i, "correct"]) if t.at[i, "correct"] is not None else False,
             "loss": None if loss is None or not np.isfinite(loss) else float(loss)}
@@ -227,31 +223,8 @@ def _add_cams(result: EvalResult, tiles: list[dict[str, Any]], rows: list[int], 
         return f"CAM overlays unavailable for this model ({e})"
     for tile, e in zip(tiles, exps):
         if e.overlay is not None:
-            tile["cam"] = _jpeg_uri(e.overlay, THUMB)
+            tile["cam"] = jpeg_uri(e.overlay, THUMB)
             tile["cam_label"] = e.label
     return None
 
 
-def thumbnail(path: str, size: int = THUMB) -> str | None:
-    """A small JPEG data URI of an image (through the one loader); None when it cannot be read."""
-    from ..errors import ImclassError
-    from ..images import load_image
-
-    try:
-        img = load_image(path, draft_size=(size, size))
-    except ImclassError:
-        return None
-    img.thumbnail((size, size))
-    return _jpeg_uri(img, size)
-
-
-def _jpeg_uri(img, size: int) -> str:
-    from PIL import Image
-
-    if isinstance(img, np.ndarray):
-        img = Image.fromarray(img)
-    img = img.convert("RGB")
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

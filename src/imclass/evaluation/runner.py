@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,11 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import fileio
 from ..errors import ImclassError
 from .labels import map_labels
 from .metrics import MULTI_LABEL, SINGLE_LABEL, compute_metrics, headline, label_thresholds, per_image_loss, top_losses
 
-CHUNK = 256  # images per predict_proba call (progress granularity)
 TOP_LOSSES = 16
 FROM_MODEL = "model"  # unknown_threshold / thresholds default: the model's own
 
@@ -71,7 +70,8 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
                            f"{task.replace('_', '-')}; evaluate a model trained for this kind of data")
     columns, mapping = map_labels(clf.labels, ds.classes, multi_label=task == MULTI_LABEL)
     paths = sub.table["path"].tolist()
-    raw = _predict(clf, paths, batch_size, workers, on_progress)
+    raw, load_errors = clf.predict_proba(paths, batch_size=batch_size, workers=workers, return_errors=True,
+                                         progress=on_progress)
     probs = raw[:, columns]
     if mapping and mapping["renormalised"]:
         probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
@@ -84,7 +84,7 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
     if task == MULTI_LABEL:
         unknown = None
     metrics = compute_metrics(y, probs, ds.classes, task, unknown_threshold=unknown, thresholds=thresholds)
-    errors = _error_messages(clf, sub.table, probs)
+    errors = _error_messages(sub.table, probs, load_errors)
     table = _table(paths, y, probs, ds.classes, task, errors, unknown,
                    label_thresholds(thresholds, len(ds.classes)) if task == MULTI_LABEL else None)
     metrics.update(_context(clf, ds, sub, used, split, mapping, warnings, table, errors))
@@ -136,10 +136,8 @@ def compare(models: Sequence[Any], data, split: str = "val", *, images_dir: str 
 # ---- files -------------------------------------------------------------------------------------------
 
 def write_json(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False, default=_jsonable) + "\n", encoding="utf-8")
-    return out
+    """``metrics.json`` (atomic; NumPy values as plain numbers)."""
+    return fileio.write_json(path, metrics)
 
 
 def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -148,14 +146,6 @@ def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     table[["path", "true", "predicted", "confidence", "correct", "error"]].to_csv(out, index=False)
     return out
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ---- steps -------------------------------------------------------------------------------------------
@@ -199,29 +189,13 @@ def _select(ds, split: str):
     return sub, s, warnings
 
 
-def _predict(clf, paths: list[str], batch_size: int, workers: int | None, on_progress) -> np.ndarray:
-    rows = []
-    total = len(paths)
-    for i in range(0, total, CHUNK):
-        rows.append(clf.predict_proba(paths[i:i + CHUNK], batch_size=batch_size, workers=workers))
-        if on_progress is not None:
-            on_progress(min(i + CHUNK, total), total)
-    return np.concatenate(rows) if rows else np.zeros((0, len(clf.labels)))
-
-
-def _error_messages(clf, table: pd.DataFrame, probs: np.ndarray) -> list[str | None]:
+def _error_messages(table: pd.DataFrame, probs: np.ndarray, load_errors: list[str | None]) -> list[str | None]:
     """Why each NaN row failed: the dataset's note, else the loader's own message."""
-    out: list[str | None] = [None] * len(probs)
     known = table["error"].tolist() if "error" in table else [None] * len(probs)
+    out: list[str | None] = [None] * len(probs)
     for i in np.flatnonzero(~np.isfinite(probs).all(axis=1)):
-        msg = known[i] if isinstance(known[i], str) and known[i] else None
-        if msg is None:
-            try:
-                clf.decode(table["path"].iloc[i])
-                msg = "could not be classified"
-            except ImclassError as e:
-                msg = getattr(e, "reason", None) or str(e)
-        out[i] = msg
+        out[i] = (known[i] if isinstance(known[i], str) and known[i] else None) or load_errors[i] or \
+            "could not be classified"
     return out
 
 

@@ -51,11 +51,15 @@ def fingerprint(model, spec: ModelSpec) -> str:
     return h.hexdigest()
 
 
-def cached_onnx(model, spec: ModelSpec) -> Path:
-    """Path of a verified fp32 ONNX export of ``model``, exporting it on first use."""
+def cached_onnx(model, spec: ModelSpec, *, features: bool = False) -> Path:
+    """Path of a verified fp32 ONNX export of ``model``, exporting it on first use.
+
+    ``features=True``: ``model`` returns embeddings (a feature module), checked on its raw outputs
+    (largest difference <= ``FP32_TOLERANCE`` times their scale) instead of probabilities.
+    """
     from .onnx import export_onnx
 
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model_id)
+    stem = ("features-" if features else "") + re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model_id)
     path = cache_dir() / "onnx" / f"{stem}-{fingerprint(model, spec)[:20]}.onnx"
     if path.is_file():
         return path
@@ -63,8 +67,11 @@ def cached_onnx(model, spec: ModelSpec) -> Path:
     try:
         export_onnx(model, spec.preprocess, tmp, opset=OPSET)
         check = self_check(model, spec, tmp)
-        if check["max_abs_prob_diff"] > FP32_TOLERANCE:
-            raise ExportError(f"ONNX export of {spec.model_id} disagrees with torch ({check})")
+        bad = (check["max_abs_logit_diff"] > FP32_TOLERANCE * max(1.0, check["max_abs_reference"]) if features
+               else check["max_abs_prob_diff"] > FP32_TOLERANCE)
+        if bad:
+            raise ExportError(f"ONNX export of {spec.model_id}{' features' if features else ''} disagrees with "
+                              f"torch ({check})")
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -369,10 +369,11 @@ def parity(reference_fn: Callable[[np.ndarray], np.ndarray], candidate_fn: Calla
     """Compare two ``batch -> logits`` functions on the same batches.
 
     Returns ``top1_agreement`` (fraction of rows whose arg-max agrees), ``max_abs_prob_diff`` (largest
-    difference of softmax probabilities, sigmoid when ``multi_label``), ``max_abs_logit_diff`` and ``n``.
+    difference of softmax probabilities, sigmoid when ``multi_label``), ``max_abs_logit_diff``,
+    ``max_abs_reference`` (the largest reference output, for relative checks) and ``n``.
     """
     n = agree = 0
-    max_prob = max_logit = 0.0
+    max_prob = max_logit = max_ref = 0.0
     for batch in batches:
         ref = np.asarray(reference_fn(batch), dtype=np.float64)
         cand = np.asarray(candidate_fn(batch), dtype=np.float64)
@@ -381,10 +382,11 @@ def parity(reference_fn: Callable[[np.ndarray], np.ndarray], candidate_fn: Calla
         n += len(ref)
         agree += int((ref.argmax(1) == cand.argmax(1)).sum())
         max_logit = max(max_logit, float(np.abs(ref - cand).max(initial=0.0)))
+        max_ref = max(max_ref, float(np.abs(ref).max(initial=0.0)))
         act = _sigmoid if multi_label else _softmax
         max_prob = max(max_prob, float(np.abs(act(ref) - act(cand)).max(initial=0.0)))
     return {"top1_agreement": agree / n if n else float("nan"), "max_abs_prob_diff": max_prob,
-            "max_abs_logit_diff": max_logit, "n": n}
+            "max_abs_logit_diff": max_logit, "max_abs_reference": max_ref, "n": n}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

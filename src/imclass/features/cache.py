@@ -8,12 +8,12 @@ later run computes only the rest. Vectors are stored as little-endian float32 by
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..sqlite_store import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -32,66 +32,31 @@ def default_path() -> Path:
     return cache_dir() / "embeddings.sqlite3"
 
 
-class EmbeddingCache:
+class EmbeddingCache(SqliteStore):
     """``get``/``put`` float32 vectors by ``(sha256, backbone key)``. Thread- and process-safe."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._conn() as con:
-            con.executescript(SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            con.execute("PRAGMA busy_timeout=60000")
-            self._local.con = con
-        return con
+        super().__init__(path if path is not None else default_path(), SCHEMA)
 
     def get(self, backbone: str, shas: Sequence[str]) -> dict[str, np.ndarray]:
         """Cached vectors for those of ``shas`` that have one."""
         found: dict[str, np.ndarray] = {}
-        con = self._conn()
-        unique = list(dict.fromkeys(s for s in shas if s))
-        for i in range(0, len(unique), 500):
-            chunk = unique[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            for sha, dim, blob in con.execute(
-                    f"SELECT sha256, dim, vector FROM embeddings WHERE backbone=? AND sha256 IN ({marks})",
-                    (backbone, *chunk)):
-                vec = np.frombuffer(blob, dtype="<f4")
-                if vec.size == dim:  # a torn row cannot exist in SQLite, but never trust sizes blindly
-                    found[sha] = vec
+        for sha, dim, blob in self.select_in(
+                "SELECT sha256, dim, vector FROM embeddings WHERE backbone=? AND sha256 IN ({marks})",
+                (backbone,), shas):
+            vec = np.frombuffer(blob, dtype="<f4")
+            if vec.size == dim:  # a torn row cannot exist in SQLite, but never trust sizes blindly
+                found[sha] = vec
         return found
 
     def put(self, backbone: str, items: Iterable[tuple[str, np.ndarray]]) -> int:
         """Store vectors (one transaction); returns how many were written."""
-        rows = [(sha, backbone, int(v.size), np.ascontiguousarray(v, dtype="<f4").tobytes())
-                for sha, v in items if sha]
-        if not rows:
-            return 0
-        con = self._conn()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            con.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        return len(rows)
+        return self.write("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
+                          [(sha, backbone, int(v.size), np.ascontiguousarray(v, dtype="<f4").tobytes())
+                           for sha, v in items if sha])
 
     def count(self, backbone: str | None = None) -> int:
-        con = self._conn()
+        con = self.connection()
         if backbone is None:
             return con.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         return con.execute("SELECT COUNT(*) FROM embeddings WHERE backbone=?", (backbone,)).fetchone()[0]
-
-    def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None

@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..engine.backends import resolve_device
-from ..engine.pipeline import DEFAULT_BATCH_SIZE, run_batches
+from ..engine.pipeline import DEFAULT_BATCH_SIZE, map_arrays
 from ..errors import ImclassError
-from ..images import load_image
-from ..prediction import Prediction
 from .cache import EmbeddingCache
 
 log = logging.getLogger("imclass")
@@ -74,7 +72,6 @@ class Embedder:
 
     def __init__(self, backbone: Any = "default", *, device: str = "auto", backend: str = "auto",
                  threads: int | None = None, cache: EmbeddingCache | bool = True):
-        self.name = backbone if isinstance(backbone, str) else getattr(getattr(backbone, "spec", None), "source", "")
         self._clf = None if isinstance(backbone, (str, os.PathLike)) else backbone
         self._name_or_path = os.fspath(backbone) if isinstance(backbone, (str, os.PathLike)) else None
         self.device, self.backend_name, self.threads = device, backend, threads
@@ -157,8 +154,9 @@ class Embedder:
             if use_onnx:
                 try:
                     from ..engine.onnx_backend import OnnxBackend
+                    from ..export.cache import cached_onnx
 
-                    self._run = OnnxBackend(cached_feature_onnx(model, spec, self.key), spec.preprocess,
+                    self._run = OnnxBackend(cached_onnx(model, spec, features=True), spec.preprocess,
                                             threads=self.threads)
                 except Exception as e:
                     if self.backend_name == "onnx":
@@ -171,8 +169,7 @@ class Embedder:
         return self._run
 
     def decode(self, item: Any) -> np.ndarray:
-        pre = self.spec.preprocess
-        return pre.to_array(load_image(item, draft_size=pre.draft_size()))
+        return self.spec.preprocess.load(item)
 
     def embed(self, items: Sequence[Any], shas: Sequence[str | None] | None = None, *,
               batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
@@ -183,63 +180,47 @@ class Embedder:
         from ..classifier import default_workers
 
         n = len(items)
-        errors: list[str | None] = [None] * n
-        found: dict[str, np.ndarray] = {}
-        if shas is not None and self.cache is not None:
-            found = self.cache.get(self.key, [s for s in shas if s])
-        todo: list[int] = []
-        first_of: dict[str, int] = {}
-        for i in range(n):
-            sha = shas[i] if shas is not None else None
-            if sha and sha in found:
-                continue
-            if sha and sha in first_of:
-                continue  # same content as an earlier item: computed once
-            if sha:
-                first_of[sha] = i
-            todo.append(i)
+        # one key per distinct content (items without a hash are their own key)
+        keys: list[Any] = [shas[i] if shas is not None and shas[i] else i for i in range(n)]
+        hashed = [k for k in keys if isinstance(k, str)]
+        vectors_of: dict[Any, np.ndarray] = (self.cache.get(self.key, hashed)
+                                             if hashed and self.cache is not None else {})
+        error_of: dict[Any, str] = {}
+        todo_seen: set[Any] = set()
+        todo: list[int] = []  # the first item of each key that is not cached
+        for i, k in enumerate(keys):
+            if k not in vectors_of and k not in todo_seen:
+                todo_seen.add(k)
+                todo.append(i)
         if progress is not None and n - len(todo):
             progress(n - len(todo))
-        computed: dict[int, np.ndarray] = {}
         if todo:
-            run = self._runner()
+            todo_keys = [keys[i] for i in todo]
 
-            def infer(batch: np.ndarray, names: list[str]) -> list[Prediction]:
-                feats = np.asarray(run(batch), dtype=np.float32)
-                return [_Row(nm, f) for nm, f in zip(names, feats)]
-
-            indexed = [(i, items[i]) for i in todo]
-            for batch in run_batches(indexed, decode=lambda it: self.decode(it[1]), infer=infer,
-                                     name_of=lambda it: str(it[0]),
-                                     batch_size=batch_size, workers=default_workers() if workers is None else workers):
-                new = []
-                for row in batch:
-                    i = int(row.path)
-                    if isinstance(row, _Row):
-                        computed[i] = row.vector
-                        if shas is not None and shas[i]:
-                            new.append((shas[i], row.vector))
-                    else:
-                        errors[i] = row.error
-                if new and self.cache is not None:
-                    self.cache.put(self.key, new)
+            def store(done: list[int], rows: np.ndarray, size: int) -> None:
+                if self.cache is not None:
+                    self.cache.put(self.key, [(todo_keys[j], r) for j, r in zip(done, rows)
+                                              if isinstance(todo_keys[j], str)])
                 if progress is not None:
-                    progress(len(batch))
-        dim = next(iter(computed.values())).size if computed else (next(iter(found.values())).size if found else 0)
+                    progress(size)
+
+            rows, errs = map_arrays([items[i] for i in todo], lambda b: np.asarray(self._runner()(b), np.float32),
+                                    decode=self.decode, batch_size=batch_size, on_batch=store,
+                                    workers=default_workers() if workers is None else workers)
+            for j, k in enumerate(todo_keys):
+                if errs[j] is None:
+                    vectors_of[k] = rows[j]
+                else:
+                    error_of[k] = errs[j]
+        dim = next(iter(vectors_of.values())).size if vectors_of else 0
         vectors = np.full((n, dim), np.nan, dtype=np.float32)
-        for i in range(n):
-            sha = shas[i] if shas is not None else None
-            if i in computed:
-                vectors[i] = computed[i]
-            elif sha and sha in found:
-                vectors[i] = found[sha]
-            elif sha and sha in first_of and first_of[sha] in computed:
-                vectors[i] = computed[first_of[sha]]
-            elif sha and sha in first_of and errors[first_of[sha]] is not None and errors[i] is None:
-                errors[i] = errors[first_of[sha]]
-            elif errors[i] is None:
-                errors[i] = "not embedded"
-        return Embeddings(vectors, errors, self.key, computed=len(computed))
+        errors: list[str | None] = [None] * n
+        for i, k in enumerate(keys):
+            if k in vectors_of:
+                vectors[i] = vectors_of[k]
+            else:
+                errors[i] = error_of.get(k, "not embedded")
+        return Embeddings(vectors, errors, self.key, computed=len(todo) - len(error_of))
 
 
 def embed_dataset(dataset, backbone: Any = "default", **kwargs) -> Embeddings:
@@ -257,12 +238,6 @@ def embed_dataset(dataset, backbone: Any = "default", **kwargs) -> Embeddings:
     return out
 
 
-class _Row(Prediction):
-    def __init__(self, path: str, vector: np.ndarray):
-        super().__init__(path)
-        self.vector = vector
-
-
 def _key(kind: str, weights: str, extra: dict[str, Any]) -> str:
     blob = json.dumps({"kind": kind, "weights": weights, "extra": extra, "v": KEY_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -274,29 +249,3 @@ def _file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def cached_feature_onnx(model, spec, key: str) -> Path:
-    """A verified ONNX export of a feature module, cached under ``<cache dir>/onnx/features-<key>.onnx``."""
-    from ..engine.backends import TorchBackend
-    from ..engine.onnx_backend import OnnxBackend
-    from ..export.cache import ExportError, cache_dir, synthetic_batch
-    from ..export.onnx import export_onnx
-
-    path = cache_dir() / "onnx" / f"features-{key}.onnx"
-    if path.is_file():
-        return path
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.onnx")
-    try:
-        export_onnx(model, spec.preprocess, tmp)
-        batch = synthetic_batch(spec, 4)
-        ref = TorchBackend(model, spec.preprocess, device="cpu")(batch)
-        got = OnnxBackend(tmp, spec.preprocess)(batch)
-        diff = float(np.abs(ref - got).max()) / max(1.0, float(np.abs(ref).max()))
-        if ref.shape != got.shape or diff > 1e-3:
-            raise ExportError(f"feature export disagrees with torch (relative difference {diff:.2e})")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError
+from ..fileio import atomic_write_text
 from ..preprocess import Preprocess
 from .spec import ModelSpec
 
@@ -131,7 +132,7 @@ def save_bundle(model, spec: ModelSpec, path: str | os.PathLike) -> Path:
     tmp = out / (WEIGHTS + ".tmp")
     save_model(model, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / WEIGHTS)
-    _atomic_write_text(out / MANIFEST, json.dumps(spec_to_manifest(spec), indent=2) + "\n")
+    atomic_write_text(out / MANIFEST, json.dumps(spec_to_manifest(spec), indent=2) + "\n")
     return out
 
 
@@ -161,8 +162,3 @@ def load_bundle(path: str | os.PathLike):
     spec.bundle_dir = os.fspath(path)
     return model, spec
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

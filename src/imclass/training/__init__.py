@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 from .config import TrainConfig, TrainResult
 
 if TYPE_CHECKING:
-    from .api import train
+    from .api import find_lr, train
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "find_lr", "train"]
 
 
 def __getattr__(name: str):
-    if name == "train":
-        from .api import train
+    if name in ("train", "find_lr"):
+        from . import api
 
-        return train
+        return getattr(api, name)
     raise AttributeError(f"module 'imclass.training' has no attribute {name!r}")

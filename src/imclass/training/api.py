@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import numpy as np
 
 from ..data import Dataset, load_dataset
 from ..errors import ImclassError
+from ..fileio import write_json
 from ..models.spec import ModelSpec
 from . import calibrate
 from .config import TrainConfig, TrainResult
@@ -39,16 +39,9 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
     """
     from ..classifier import Classifier
 
-    cfg = config or TrainConfig(**options)
-    if config is not None and options:
-        raise ImclassError("pass either config= or keyword options, not both")
     t0 = time.perf_counter()
-    ds = load_dataset(data, multi_label=cfg.multi_label)
-    ds = ds.readable()
-    if len(ds) == 0:
-        raise ImclassError("no readable images in the dataset")
-    ds, made_val = with_validation(ds, cfg.val_fraction, cfg.seed)
-    _check_classes(ds)
+    cfg = _config(config, options)
+    ds, made_val = _prepare(data, cfg)
     counts = ds.class_counts("train")
     nonzero = [c for c in counts.values() if c > 0]
     ratio = max(nonzero) / min(nonzero)
@@ -76,6 +69,43 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
         result.out = _write_run(Path(out), clf, ds, cfg, result, trained)
         clf.spec.source = os.fspath(result.out)
     return clf, result
+
+
+def find_lr(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfig | None = None,
+            progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    """LR range test for ``finetune`` / ``scratch`` on the training rows ``train`` would use.
+
+    Returns ``{"suggested_lr", "min_loss_lr_div10", "lrs", "losses", "plot"}``; the plot is written to
+    ``out/lr_find.png`` (``out`` defaults to the current folder).
+    """
+    from .finetune import find_lr as range_test
+    from .finetune import plot_lr
+
+    cfg = _config(config, options)
+    if cfg.mode == "probe":
+        raise ImclassError("--find-lr is for --mode finetune or scratch (the probe chooses its own C)")
+    ds, _ = _prepare(data, cfg)
+    res = range_test(ds, cfg, progress=progress)
+    path = Path(out or ".") / "lr_find.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    res["plot"] = str(plot_lr(res, path))
+    return res
+
+
+def _config(config: TrainConfig | None, options: dict[str, Any]) -> TrainConfig:
+    if config is not None and options:
+        raise ImclassError("pass either config= or keyword options, not both")
+    return config or TrainConfig(**options)
+
+
+def _prepare(data: Any, cfg: TrainConfig) -> tuple[Dataset, bool]:
+    """The readable rows of ``data`` with a validation split (carved here when missing: ``made``)."""
+    ds = load_dataset(data, multi_label=cfg.multi_label).readable()
+    if len(ds) == 0:
+        raise ImclassError("no readable images in the dataset")
+    ds, made_val = with_validation(ds, cfg.val_fraction, cfg.seed)
+    _check_classes(ds)
+    return ds, made_val
 
 
 def _run_mode(ds: Dataset, cfg: TrainConfig, balanced: bool, progress: Progress | None, out: Path | None,
@@ -155,36 +185,34 @@ def _finish(ds: Dataset, cfg: TrainConfig, t: Trained, notes: list[str]) -> tupl
 
 def summary_metrics(p: np.ndarray, y: np.ndarray, multi: bool, thresholds: list[float] | None = None,
                     unknown: float | None = None) -> dict[str, Any]:
-    """Headline metrics for the training summary (the full set comes from ``imclass evaluate``)."""
-    from sklearn import metrics as skm
+    """Headline metrics for the training summary, taken from :mod:`imclass.evaluation.metrics` (the full set
+    comes from ``imclass evaluate``). ``accuracy`` counts every image; ``accuracy_accepted`` and ``coverage``
+    the ones above the unknown threshold."""
+    from ..evaluation.metrics import compute_metrics
 
-    n = len(y)
-    out: dict[str, Any] = {"n": int(n)}
-    if n == 0:
+    out: dict[str, Any] = {"n": int(len(y))}
+    if len(y) == 0:
         return out
+    classes = [str(i) for i in range(p.shape[1])]
     if multi:
-        thr = np.asarray(thresholds if thresholds is not None else [0.5] * p.shape[1])
-        pred = (p >= thr).astype(int)
-        out["micro_f1"] = round(float(skm.f1_score(y, pred, average="micro", zero_division=0)), 4)
-        out["macro_f1"] = round(float(skm.f1_score(y, pred, average="macro", zero_division=0)), 4)
-        out["subset_accuracy"] = round(float(skm.accuracy_score(y, pred)), 4)
-        out["hamming_loss"] = round(float(skm.hamming_loss(y, pred)), 4)
-        have = y.sum(axis=0) > 0
-        if have.any():
-            out["mAP"] = round(float(skm.average_precision_score(y[:, have], p[:, have], average="macro")), 4)
-        out["ece"] = round(calibrate.ece(p, y, multi_label=True), 4)
-        return out
-    pred = p.argmax(axis=1)
-    out["accuracy"] = round(float((pred == y).mean()), 4)
-    out["balanced_accuracy"] = round(float(skm.balanced_accuracy_score(y, pred)), 4)
-    out["macro_f1"] = round(float(skm.f1_score(y, pred, average="macro", zero_division=0)), 4)
-    out["log_loss"] = round(float(skm.log_loss(y, np.clip(p, 1e-12, 1), labels=list(range(p.shape[1])))), 4)
-    out["ece"] = round(calibrate.ece(p, y), 4)
-    if unknown is not None:
-        accepted = p.max(axis=1) >= unknown
-        out["coverage"] = round(float(accepted.mean()), 4)
-        out["accuracy_accepted"] = round(float((pred[accepted] == y[accepted]).mean()), 4) if accepted.any() else None
+        m = compute_metrics(y, p, classes, "multi_label", thresholds=thresholds)
+        keys = ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "mAP")
+    else:
+        m = compute_metrics(y, p, classes, "single_label")
+        keys = ("accuracy", "balanced_accuracy", "log_loss")
+    out.update({k: _round(m[k]) for k in keys if m.get(k) is not None})
+    if not multi:
+        out["macro_f1"] = _round(m["macro_avg"]["f1"])
+    out["ece"] = _round(calibrate.ece(p, y, multi_label=multi))
+    if unknown is not None and not multi:
+        rej = compute_metrics(y, p, classes, "single_label", unknown_threshold=unknown)["rejection"]
+        out["coverage"] = _round(rej["coverage"])
+        out["accuracy_accepted"] = _round(rej["accuracy_on_accepted"]) if rej["rejected"] < len(y) else None
     return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
 
 
 def _write_run(out: Path, clf, ds: Dataset, cfg: TrainConfig, result: TrainResult, trained: Trained) -> Path:
@@ -192,25 +220,9 @@ def _write_run(out: Path, clf, ds: Dataset, cfg: TrainConfig, result: TrainResul
 
     out.mkdir(parents=True, exist_ok=True)
     clf.save(out)
-    _write_json(out / "metrics.json", result.metrics)
-    _write_json(out / "config.json", {**cfg.to_dict(), "dataset": ds.source})
-    _write_json(out / "history.json", result.history)
+    write_json(out / "metrics.json", result.metrics)
+    write_json(out / "config.json", {**cfg.to_dict(), "dataset": ds.source})
+    write_json(out / "history.json", result.history)
     ds.to_csv(out / "splits.csv")
     plot_curves(result.history, cfg.mode, out / "curves.png")
     return out
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any):
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")

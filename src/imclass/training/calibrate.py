@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..prediction import sigmoid, softmax
+from ..evaluation.metrics import calibration
+from ..features.head import logit_nll
+from ..prediction import calibrated
+
+#: ``probs(logits, temperature, multi_label)``: the calibrated probabilities ``predict`` uses.
+probs = calibrated
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, multi_label: bool = False, prior_sigma: float = 0.5) -> float:
@@ -17,44 +22,23 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, multi_label: bool = False
     from scipy.optimize import minimize_scalar
 
     z = logits.astype(np.float64)
-
-    def nll(log_t: float) -> float:
-        s = z / np.exp(log_t)
-        if multi_label:
-            return float(np.mean(np.logaddexp(0, s) - y * s))
-        s = s - s.max(axis=1, keepdims=True)
-        logp = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
-        return float(-logp[np.arange(len(y)), y].mean())
-
     if len(z) == 0:
         return 1.0
     weight = 1.0 / (2.0 * prior_sigma**2 * len(z))
-    res = minimize_scalar(lambda t: nll(t) + weight * t * t, bounds=(np.log(0.05), np.log(20.0)),
-                          method="bounded", options={"xatol": 1e-4})
+    res = minimize_scalar(lambda t: logit_nll(z / np.exp(t), y, multi_label) + weight * t * t,
+                          bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(res.x))
 
 
-def probs(logits: np.ndarray, temperature: float | None, multi_label: bool) -> np.ndarray:
-    z = logits.astype(np.float64) / (temperature or 1.0)
-    return sigmoid(z) if multi_label else softmax(z)
-
-
-def ece(p: np.ndarray, y: np.ndarray, bins: int = 15, multi_label: bool = False) -> float:
-    """Expected calibration error: top-1 confidence vs accuracy (multi-label: every label's probability)."""
+def ece(p: np.ndarray, y: np.ndarray, multi_label: bool = False) -> float:
+    """Expected calibration error (15 bins, as ``imclass evaluate`` reports it): top-1 confidence vs accuracy;
+    multi-label: every label's probability vs whether the label is present."""
     if multi_label:
-        conf, correct = p.ravel(), y.ravel().astype(float)
+        conf, correct = p.ravel(), y.ravel()
     else:
-        conf, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
-    if len(conf) == 0:
-        return float("nan")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.mean() * abs(conf[m].mean() - correct[m].mean())
-    return float(total)
+        conf, correct = p.max(axis=1), p.argmax(axis=1) == y
+    value = calibration(conf, correct)["ece"]
+    return float("nan") if value is None else value
 
 
 def label_thresholds(p: np.ndarray, y: np.ndarray, default: float = 0.5) -> list[float]:

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..fileio import write_json
+
 LAST = "last"
 BEST = "best"
 
@@ -31,10 +33,7 @@ def save(folder: Path, name: str, model, optimizer=None, state: dict[str, Any] |
     tmp = folder / f".{name}.{os.getpid()}.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, folder / f"{name}.safetensors")
-    meta = {**(state or {}), "optimizer": opt_meta}
-    tmpj = folder / f".{name}.json.{os.getpid()}.tmp"
-    tmpj.write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
-    os.replace(tmpj, folder / f"{name}.json")
+    write_json(folder / f"{name}.json", {**(state or {}), "optimizer": opt_meta})
 
 
 def load_state(folder: Path, name: str = LAST) -> dict[str, Any] | None:

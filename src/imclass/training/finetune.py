@@ -263,25 +263,18 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
 
 
 def predict_logits(model, paths: list[str], pre: Preprocess, device: str, batch_size: int, workers: int) -> np.ndarray:
-    """Logits over ``paths`` with the inference preprocessing (rows of unreadable images are NaN)."""
-    import torch
+    """Logits over ``paths`` through the prediction engine, exactly as ``predict`` will compute them
+    (rows of unreadable images are NaN)."""
+    from ..engine.backends import TorchBackend
+    from ..engine.pipeline import map_arrays
 
-    out = np.full((len(paths), _num_outputs(model)), np.nan, dtype=np.float32)
-    if not paths:
-        return out
-    rows = ImageRows(paths, np.zeros(len(paths), dtype=np.int64), _EvalTransform(pre), pre.draft_size())
     was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for batch in _loader(rows, batch_size, False, 0, workers):
-            if batch is None:
-                continue
-            x, _, idx = batch
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device == "cuda"):
-                out[idx.numpy()] = model(x).float().cpu().numpy()
-    model.train(was_training)
-    return out
+    try:
+        logits, _ = map_arrays(paths, TorchBackend(model, pre, device=device), decode=pre.load,
+                               width=_num_outputs(model), batch_size=batch_size, workers=workers)
+    finally:
+        model.train(was_training)
+    return logits
 
 
 def _num_outputs(model) -> int:

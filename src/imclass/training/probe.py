@@ -7,15 +7,17 @@ from collections.abc import Callable
 import numpy as np
 
 from ..data import Dataset
+from ..data.stratify import stratified_folds
 from ..errors import ImclassError
 from ..features import Embedder, embed_dataset
+from ..features.head import fit_head, out_of_fold_logits
 from .assemble import with_new_head
 from .config import TrainConfig
-from .head import fit_head, out_of_fold_logits
 from .outcome import Trained
 
 #: Below this many validation images, calibration and thresholds also use out-of-fold training logits.
 SMALL_VAL = 200
+OOF_FOLDS = 5
 
 
 def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
@@ -54,10 +56,12 @@ def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
         if progress is not None:
             progress("out-of-fold calibration", 0, None)
         tr_idx = np.flatnonzero(tr)
-        calib_logits = out_of_fold_logits(x[tr_idx], y_all[tr_idx], num_classes=len(ds.classes),
+        groups = table["sha256"].to_numpy()[tr_idx].astype(str)  # identical files share a fold
+        folds = stratified_folds(y_all[tr_idx], groups, OOF_FOLDS, seed=cfg.seed)
+        calib_logits = out_of_fold_logits(x[tr_idx], y_all[tr_idx], folds, num_classes=len(ds.classes),
                                           multi_label=ds.multi_label, balanced=balanced, c=head.C, seed=cfg.seed)
         calib_index = tr_idx
-        notes.append(f"only {int(va.sum())} validation images: temperature and thresholds also use 5-fold "
+        notes.append(f"only {int(va.sum())} validation images: temperature and thresholds also use {len(folds)}-fold "
                      f"out-of-fold predictions on the {len(tr_idx)} training images")
     clf = embedder.classifier  # the backbone (built now if everything came from the cache)
     model, arch = with_new_head(clf.model, clf.spec.architecture, ds.classes, head.weight, head.bias)

@@ -55,7 +55,7 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
         if xv is None:
             best = (0.0, c, w, b)
             break
-        loss = _val_loss(xv @ w.T + b, y_val, multi_label)
+        loss = logit_nll(xv @ w.T + b, y_val, multi_label)
         curve.append({"C": c, "val_log_loss": loss})
         if best is None or loss < best[0] - 1e-9:
             best = (loss, c, w, b)
@@ -67,16 +67,16 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
     return Head(weight.astype(np.float32), bias.astype(np.float32), float(c), curve)
 
 
-def out_of_fold_logits(x: np.ndarray, y: np.ndarray, *, num_classes: int, multi_label: bool, balanced: bool,
-                       c: float, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Logits for every row of ``x`` from heads fitted without that row (K-fold, stratified when possible)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
+def out_of_fold_logits(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], *,
+                       num_classes: int, multi_label: bool, c: float, balanced: bool = False,
+                       seed: int = 0) -> np.ndarray:
+    """Logits for every row of ``x`` from heads (regularisation ``c``) fitted without that row's fold.
 
+    ``folds``: ``(fit rows, held-out rows)`` pairs, e.g. from :func:`imclass.data.stratify.stratified_folds`
+    (stratified, duplicate groups kept in one fold). Rows in no held-out part stay zero.
+    """
     out = np.zeros((len(x), num_classes), dtype=np.float32)
-    smallest = np.bincount(y).min() if not multi_label else 0
-    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if not multi_label and smallest >= folds
-                else KFold(folds, shuffle=True, random_state=seed))
-    for fit_idx, held in splitter.split(x, y if not multi_label else None):
+    for fit_idx, held in folds:
         head = fit_head(x[fit_idx], y[fit_idx], None, None, num_classes=num_classes, multi_label=multi_label,
                         balanced=balanced, grid=(c,), seed=seed)
         out[held] = head.logits(x[held])
@@ -129,10 +129,11 @@ def _fit_multi(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, s
     return w, b
 
 
-def _val_loss(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> float:
+def logit_nll(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> float:
+    """Mean negative log-likelihood straight from logits: cross-entropy (``y`` class indices) or binary
+    cross-entropy over labels and images (``y`` 0/1 matrix); numerically stable."""
     z = logits.astype(np.float64)
     if multi_label:
-        # mean binary cross-entropy over labels and images
         return float(np.mean(np.logaddexp(0, z) - y * z))
     z = z - z.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))

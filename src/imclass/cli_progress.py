@@ -1,0 +1,52 @@
+"""One progress display for the CLI verbs that run in stages (data, train, evaluate): a rich bar per stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+
+class StageProgress:
+    """Context manager, callable as ``progress(stage, done, total)``: one bar per stage name (``names`` maps
+    stage keys to labels). ``quiet`` draws nothing; ``print`` writes a line above the bars."""
+
+    def __init__(self, console: Console, quiet: bool = False, names: dict[str, str] | None = None, width: int = 14):
+        self.console = console
+        self.names = names or {}
+        self.tasks: dict[str, int] = {}
+        self.progress: Any = None
+        if not quiet:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(SpinnerColumn(), TextColumn(f"{{task.description:<{width}}}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                                     TimeRemainingColumn(), console=console, transient=False)
+
+    def __enter__(self) -> StageProgress:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if self.progress is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(self.names.get(stage, stage), total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+    def print(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(line, highlight=False)
