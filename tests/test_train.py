@@ -296,3 +296,17 @@ def test_validation_split_is_stratified_and_keeps_duplicates_together(tmp_path):
     assert t.loc["0.jpg", "split"] == t.loc["copy.jpg", "split"]
     again, _ = with_validation(load_dataset(tmp_path), 0.2, seed=0)
     assert again.table["split"].tolist() == ds.table["split"].tolist()
+
+
+def test_find_lr_suggests_a_point_on_the_descent(blobs, tmp_path):
+    import imclass.training as training
+    from imclass.errors import ImclassError
+
+    res = training.find_lr(blobs, tmp_path, mode="scratch", image_size=48, batch_size=16, workers=0)
+    lrs, losses = np.asarray(res["lrs"]), np.asarray(res["losses"])
+    i = int(np.argmin(np.abs(lrs - res["suggested_lr"])))
+    assert (tmp_path / "lr_find.png").is_file() and res["plot"].endswith("lr_find.png")
+    assert i >= 10 and lrs[i] < lrs[int(np.argmin(losses))]  # after the warm-up points, before the minimum
+    assert losses[i] < losses[0]  # the smoothed loss is already falling there (not a debiasing artefact)
+    with pytest.raises(ImclassError, match="finetune or scratch"):
+        training.find_lr(blobs, tmp_path, mode="probe")

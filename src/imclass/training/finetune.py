@@ -36,6 +36,7 @@ DEFAULT_EPOCHS = {"finetune": 15, "scratch": 30}
 DEFAULT_LR = {"finetune": 1e-3, "scratch": 3e-3}
 SCRATCH_SIZE = 128
 WARMUP = 0.05  # fraction of all steps spent warming up
+SKIP_START = 10  # LR range test: points ignored at the start when looking for the steepest descent
 PRESETS: dict[str, dict[str, Any]] = {
     "light": {"scale": (0.7, 1.0), "hflip": 0.5},
     "default": {"scale": (0.35, 1.0), "hflip": 0.5, "color_jitter": 0.3, "auto_augment": "rand-m6-mstd0.5-inc1"},
@@ -379,7 +380,7 @@ def find_lr(ds: Dataset, cfg: TrainConfig, start: float = 1e-7, end: float = 1.0
             loss.backward()
             optimizer.step()
             value = loss.item()
-            smooth = 0.9 * smooth + 0.1 * value if i else value
+            smooth = 0.9 * smooth + 0.1 * value  # starts at 0; debiased below (an exponential moving average)
             debiased = smooth / (1 - 0.9 ** (i + 1))
             lrs.append(lr)
             losses.append(debiased)
@@ -393,8 +394,11 @@ def find_lr(ds: Dataset, cfg: TrainConfig, start: float = 1e-7, end: float = 1.0
                 break
     log_lr = np.log10(lrs)
     grads = np.gradient(np.asarray(losses), log_lr) if len(lrs) > 2 else np.zeros(len(lrs))
-    cut = max(1, int(np.argmin(losses)))
-    steep = float(lrs[int(np.argmin(grads[:cut]))]) if cut > 1 else float(lrs[0])
+    # the first points are smoothing warm-up, not signal (fastai skips 10 as well): look for the steepest
+    # descent between them and the minimum of the loss
+    skip = min(SKIP_START, len(lrs) // 10)
+    cut = max(skip + 1, int(np.argmin(losses)))
+    steep = float(lrs[skip + int(np.argmin(grads[skip:cut]))]) if cut > skip + 1 else float(lrs[skip])
     return {"suggested_lr": steep, "min_loss_lr_div10": float(lrs[int(np.argmin(losses))]) / 10, "lrs": lrs,
             "losses": losses}
 
