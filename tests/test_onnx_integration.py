@@ -140,6 +140,14 @@ def test_int8_backend_refuses_a_bundle_without_an_int8_export(tmp_path):
         Classifier.load(exp, device="cpu", backend="onnx-int8").backend  # noqa: B018
 
 
+def test_a_bundle_missing_its_onnx_file_says_so(tmp_path):
+    exp = tmp_path / "copied-without-onnx"
+    export_bundle(tiny("torch"), exp)
+    (exp / "model.onnx").unlink()
+    with pytest.raises(ImclassError, match=r"lists model.onnx \(fp32 ONNX model\) but the file is missing"):
+        Classifier.load(exp, device="cpu", backend="onnx").backend  # noqa: B018
+
+
 def test_export_refuses_below_threshold_unless_forced(photos, tmp_path, monkeypatch):
     monkeypatch.setitem(export_mod.MIN_AGREEMENT, "fp32", 1.01)  # nothing can pass
     with pytest.raises(ExportError, match="refusing"):

@@ -124,6 +124,10 @@ class Classifier:
             path = Path(self._onnx_path)
         elif self.spec.bundle_dir and exported.get(key):
             path = Path(self.spec.bundle_dir) / exported[key]
+            if not path.is_file():
+                raise ImclassError(
+                    f"{self.spec.bundle_dir}: its manifest lists {exported[key]} ({key} ONNX model) but the "
+                    "file is missing; copy the whole bundle folder, or export again with `imclass export`")
         elif int8:
             raise ImclassError(
                 f"{self.spec.source or self.spec.model_id} has no INT8 export: run "

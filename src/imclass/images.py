@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
 
@@ -59,23 +59,25 @@ def load_image(
     try:
         if isinstance(src, Image.Image):  # may still be lazy: decoding errors are handled below
             return _to_rgb(ImageOps.exif_transpose(src), background, name)
+        # Not ``with img``: closing would free the pixels. The file itself is closed below.
         img = Image.open(fp)  # reads the header only; Pillow's own bomb check applies too
-        with img:
-            w, h = img.size
-            if w <= 0 or h <= 0:
-                raise ImageLoadError(name, f"invalid image dimensions {w}x{h}")
-            limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-            if limit is not None and w * h > limit:
-                raise ImageLoadError(
-                    name, f"image too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the "
-                    f"{limit / 1e6:.0f} MP limit (decompression-bomb guard)")
-            if getattr(img, "is_animated", False):
-                img.seek(0)
-            if draft_size is not None and img.format == "JPEG":
-                img.draft("RGB", draft_size)
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return _to_rgb(upright, background, name)
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise ImageLoadError(name, f"invalid image dimensions {w}x{h}")
+        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        if limit is not None and w * h > limit:
+            raise ImageLoadError(
+                name, f"image too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the "
+                f"{limit / 1e6:.0f} MP limit (decompression-bomb guard)")
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", draft_size)
+        img.load()
+        # exif_transpose copies even an upright image (~1 ms for a 500x375 photo): only call it when needed
+        if img.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1):
+            img = ImageOps.exif_transpose(img)
+        return _to_rgb(img, background, name)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -54,19 +54,31 @@ class TorchBackend:
     """Eager PyTorch. Channels-last on CPU and CUDA; fp16 autocast on CUDA.
 
     Normalisation happens here on the whole batch (a ``uint8`` NHWC array already *is* channels-last
-    once permuted), so decode workers only produce small ``uint8`` crops.
+    once permuted), so decode workers only produce small ``uint8`` crops. With ``fold=True`` the
+    backend runs its own copy of the model with BatchNorm folded into the convolutions (checked
+    against the original at construction; the caller's model is left as it is).
     """
 
     name = "torch"
 
     def __init__(self, model, preprocess, device: str = "auto", threads: int | None = None,
-                 amp: bool | None = None):
+                 amp: bool | None = None, fold: bool = True):
         import torch
+
+        from .fold import fold_batchnorm
 
         self.device = resolve_device(device)
         if self.device == "cpu":
             torch.set_num_threads(threads or default_threads())
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.folded = 0
+        if fold:
+            h, w = preprocess.input_size
+            gen = torch.Generator().manual_seed(0)
+            example = torch.randn(1, 3, h, w, generator=gen).to(self.device, memory_format=torch.channels_last)
+            self.model, self.folded = fold_batchnorm(self.model, example)
+            if self.folded:
+                self.model = self.model.to(memory_format=torch.channels_last)
         self.amp = (self.device == "cuda") if amp is None else amp
         self._mean = torch.tensor(preprocess.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(preprocess.std, device=self.device).view(1, 3, 1, 1) * 255.0)
