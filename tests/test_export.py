@@ -111,6 +111,18 @@ def test_parity_catches_a_broken_export(model, fp32, tmp_path):
     assert good["n"] == bad["n"] == 24
     assert good["top1_agreement"] == 1.0 and good["max_abs_prob_diff"] < 1e-4
     assert bad["top1_agreement"] < 0.5 and bad["max_abs_prob_diff"] > 0.01
+    assert good["mean_kl"] < 1e-8 < 1e-5 < bad["mean_kl"]  # this random model is nearly uniform: small KLs
+
+
+def test_parity_mean_kl_matches_its_definition():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    p, q = (np.exp(x) / np.exp(x).sum(1, keepdims=True) for x in (a, b))
+    expected = float((p * np.log(p / q)).sum(1).mean())
+    assert parity(lambda x: a, lambda x: b, [None])["mean_kl"] == pytest.approx(expected, rel=1e-9)
+    sa, sb = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+    bern = float((sa * np.log(sa / sb) + (1 - sa) * np.log((1 - sa) / (1 - sb))).sum(1).mean())
+    assert parity(lambda x: a, lambda x: b, [None], multi_label=True)["mean_kl"] == pytest.approx(bern, rel=1e-9)
 
 
 def test_parity_rejects_mismatched_shapes():

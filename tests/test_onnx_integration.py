@@ -19,6 +19,7 @@ from imclass.errors import ImclassError
 from imclass.export import bundle as export_mod
 from imclass.export.bundle import export_bundle
 from imclass.export.cache import ExportError
+from imclass.export.onnx import read_metadata
 from imclass.models.spec import ModelSpec
 from imclass.preprocess import Preprocess
 
@@ -84,6 +85,15 @@ def test_export_bundle_with_int8_round_trip(photos, tmp_path):
     assert onnx["parity"]["int8"]["calibration_images"] == 40
     assert (tmp_path / "exp" / "model.int8.onnx").stat().st_size < (tmp_path / "exp" / "model.onnx").stat().st_size
     assert res.parity == onnx["parity"]
+    # every candidate setting was tried and scored on the calibration photos; the lowest mean KL was kept
+    quant = onnx["quantization"]
+    search = quant["search"]
+    assert len(search) == len(export_mod.INT8_CANDIDATES) >= 2 and res.quantization == quant
+    best = min(search, key=lambda c: c["calibration_mean_kl"])
+    assert all(quant[k] == best[k] for k in ("method", "exclude_first_convs", "per_channel"))
+    assert all(c["calibration_mean_kl"] >= 0 and 0 <= c["calibration_top1_agreement"] <= 1 for c in search)
+    recorded = json.loads(read_metadata(tmp_path / "exp" / "model.int8.onnx")["imclass.quantization"])
+    assert recorded["method"] == quant["method"] and recorded["calibration_images"] == 40
     fp32 = Classifier.load(tmp_path / "exp", device="cpu", backend="onnx")
     assert fp32.backend.path.endswith("model.onnx")
     ref = tiny("torch").predict_proba(photos)

@@ -124,8 +124,13 @@ def export(
     if as_json:
         out_console = Console()
         out_console.print_json(json.dumps({"path": str(res.path), "files": res.files, "parity": res.parity,
-                                           "passed": res.passed, "warnings": res.warnings}))
+                                           "passed": res.passed, "warnings": res.warnings,
+                                           "quantization": res.quantization}))
     else:
+        for c in (res.quantization or {}).get("search", []):
+            err.print(f"int8 candidate {c['method']}, leading convs in float: {c.get('exclude_first_convs', 0)}: "
+                      f"mean KL {c['calibration_mean_kl']:.4f}, top-1 agreement "
+                      f"{c['calibration_top1_agreement']:.2%} on the calibration photos", highlight=False)
         for kind, p in res.parity.items():
             err.print(f"{kind}: top-1 agreement with torch {p['top1_agreement']:.2%} on {p['n']} {p['images']}, "
                       f"max probability difference {p['max_abs_prob_diff']:.2e}", highlight=False)

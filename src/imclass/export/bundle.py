@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,19 @@ from .cache import OPSET, ExportError, synthetic_batch
 MIN_AGREEMENT = {"fp32": 0.995, "int8": 0.90}
 #: ... or above this softmax difference for fp32.
 MAX_FP32_PROB_DIFF = 1e-3
-#: Best static INT8 setting measured on the default model (bench/onnx_speed.py, bench/RESULTS.md).
-#: Keeping the first 6 convolutions in float doubles as the largest accuracy gain (94.0% vs 87.8%
-#: agreement) for ~1.4x ORT fp32 speed instead of ~1.7x.
-INT8_SETTINGS: dict[str, Any] = {"method": "percentile", "per_channel": True, "exclude_first_convs": 6,
-                                 "activation_type": "uint8", "bias_correction": True}
+#: Static INT8 settings every INT8 export tries; it keeps the one whose probabilities stay closest to the
+#: torch model's on the calibration photos (mean KL divergence), and records all of them in the manifest.
+#: The first is the best measured on the default model (bench/onnx_speed.py, bench/RESULTS.md): keeping
+#: the first 6 convolutions in float was the largest accuracy gain there (94.0% vs 87.8% agreement) for
+#: ~1.4x ORT fp32 speed instead of ~1.7x. Other models (fine-tuned, other architectures) may prefer
+#: min-max ranges or fewer float layers, hence the search.
+INT8_BASE: dict[str, Any] = {"per_channel": True, "activation_type": "uint8", "bias_correction": True}
+INT8_CANDIDATES: list[dict[str, Any]] = [
+    {"method": "percentile", "exclude_first_convs": 6},
+    {"method": "minmax", "exclude_first_convs": 6},
+    {"method": "percentile", "exclude_first_convs": 1},
+    {"method": "minmax", "exclude_first_convs": 1},
+]
 
 
 @dataclass
@@ -38,20 +47,24 @@ class ExportResult:
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
     passed: bool = True
     warnings: list[str] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None  # INT8: the chosen settings and the candidates tried
 
 
 def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
                   images: Sequence[str] | None = None, calibration_size: int = 256, parity_size: int = 256,
-                  force: bool = False, batch_size: int = 32) -> ExportResult:
+                  force: bool = False, batch_size: int = 32,
+                  int8_candidates: Sequence[dict[str, Any]] | None = None) -> ExportResult:
     """Write ``out/`` = bundle (``model.safetensors`` + manifest) + ``model.onnx`` (+ ``model.int8.onnx``).
 
     ``images``: photos for INT8 calibration and for the parity check (an even sample, split
     alternately: calibration and parity images never overlap). Without images the parity check runs on synthetic
     images and INT8 is refused. Below the agreement thresholds the export is refused unless ``force``.
+    ``int8_candidates``: :func:`~imclass.export.quantize_int8` settings to choose from (default
+    :data:`INT8_CANDIDATES`, each on top of :data:`INT8_BASE`).
     """
     from ..engine.backends import TorchBackend
     from ..engine.onnx_backend import OnnxBackend
-    from .onnx import export_onnx, parity, quantize_int8
+    from .onnx import export_onnx, parity
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
@@ -77,18 +90,18 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
     result.parity["fp32"] = parity(ref, fp32, check_batches, multi_label=multi)
     result.parity["fp32"]["images"] = "photos" if parity_paths else "synthetic images"
     _judge(result, "fp32", force)
+    quantization = None
     if int8:
         files["int8"] = "model.int8.onnx"
-        calib = [fp32.normalize(b) for b in _uint8_batches(clf, calib_paths, batch_size)]
-        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
-            quantize_int8(out / files["fp32"], out / files["int8"], calib, **INT8_SETTINGS)
+        quantization = result.quantization = _quantize_best(out / files["fp32"], out / files["int8"], ref, fp32,
+                                      _uint8_batches(clf, calib_paths, batch_size), multi, int8_candidates)
         q = OnnxBackend(out / files["int8"], spec.preprocess)
         result.parity["int8"] = parity(ref, q, check_batches, multi_label=multi)
         result.parity["int8"]["images"] = "photos"
         result.parity["int8"]["calibration_images"] = len(calib_paths)
         _judge(result, "int8", force)
     spec.exports = {"onnx": {**files, "opset": OPSET, "input": "normalized_nchw_float32",
-                             "quantization": INT8_SETTINGS if int8 else None,
+                             "quantization": quantization,
                              "parity": result.parity, "passed": result.passed}}
     src_dir = spec.bundle_dir
     save_bundle(clf.model, spec, out)
@@ -98,6 +111,42 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
                 shutil.copy2(Path(src_dir) / extra, out / extra)
     spec.bundle_dir = os.fspath(out)
     return result
+
+
+def _quantize_best(fp32_path: Path, int8_path: Path, ref, fp32, calib_u8: list[np.ndarray], multi: bool,
+                   candidates: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+    """Quantise with each candidate setting; keep the closest to ``ref`` on the calibration photos.
+
+    Returns the manifest's ``quantization`` entry: the chosen settings and, under ``search``, every
+    candidate's mean KL and top-1 agreement on the calibration photos (the parity reported by the export
+    is measured afterwards on the other, held-out photos).
+    """
+    from ..engine.onnx_backend import OnnxBackend
+    from .onnx import parity, quantize_int8
+
+    calib = [fp32.normalize(b) for b in calib_u8]
+    reference = {id(b): ref(b) for b in calib_u8}  # the torch model runs once, not once per candidate
+    tried: list[dict[str, Any]] = []
+    best: tuple[float, int] | None = None
+    with tempfile.TemporaryDirectory(prefix="imclass-int8-") as tmp:
+        for i, cand in enumerate(candidates if candidates is not None else INT8_CANDIDATES):
+            settings = {**INT8_BASE, **cand}
+            path = Path(tmp) / f"candidate-{i}.onnx"
+            ranges = Path(tmp) / f"ranges-{settings.get('method', 'minmax')}.json"  # calibrate once per method
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
+                quantize_int8(fp32_path, path, calib, calibration_cache=ranges, **settings)
+            score = parity(lambda b: reference[id(b)], OnnxBackend(path, fp32.preprocess), calib_u8,
+                           multi_label=multi)
+            tried.append({**settings, "calibration_mean_kl": score["mean_kl"],
+                          "calibration_top1_agreement": score["top1_agreement"]})
+            if best is None or score["mean_kl"] < best[0]:
+                best = (score["mean_kl"], i)
+                shutil.copyfile(path, int8_path)
+    if best is None:
+        raise ExportError("no INT8 candidate settings to try")
+    chosen = {k: v for k, v in tried[best[1]].items() if not k.startswith("calibration_")}
+    return {**chosen, "chosen_by": "lowest mean KL divergence from torch on the calibration photos",
+            "search": tried}
 
 
 def _judge(result: ExportResult, kind: str, force: bool) -> None:

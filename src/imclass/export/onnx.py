@@ -369,11 +369,13 @@ def parity(reference_fn: Callable[[np.ndarray], np.ndarray], candidate_fn: Calla
     """Compare two ``batch -> logits`` functions on the same batches.
 
     Returns ``top1_agreement`` (fraction of rows whose arg-max agrees), ``max_abs_prob_diff`` (largest
-    difference of softmax probabilities, sigmoid when ``multi_label``), ``max_abs_logit_diff``,
-    ``max_abs_reference`` (the largest reference output, for relative checks) and ``n``.
+    difference of softmax probabilities, sigmoid when ``multi_label``), ``mean_kl`` (mean KL divergence of
+    the candidate's probabilities from the reference's: a smooth measure of the whole distribution, summed
+    over labels as Bernoulli KLs when ``multi_label``), ``max_abs_logit_diff``, ``max_abs_reference`` (the
+    largest reference output, for relative checks) and ``n``.
     """
     n = agree = 0
-    max_prob = max_logit = max_ref = 0.0
+    max_prob = max_logit = max_ref = kl_sum = 0.0
     for batch in batches:
         ref = np.asarray(reference_fn(batch), dtype=np.float64)
         cand = np.asarray(candidate_fn(batch), dtype=np.float64)
@@ -384,9 +386,23 @@ def parity(reference_fn: Callable[[np.ndarray], np.ndarray], candidate_fn: Calla
         max_logit = max(max_logit, float(np.abs(ref - cand).max(initial=0.0)))
         max_ref = max(max_ref, float(np.abs(ref).max(initial=0.0)))
         act = _sigmoid if multi_label else _softmax
-        max_prob = max(max_prob, float(np.abs(act(ref) - act(cand)).max(initial=0.0)))
+        p, q = act(ref), act(cand)
+        max_prob = max(max_prob, float(np.abs(p - q).max(initial=0.0)))
+        kl_sum += float(_kl(p, q, multi_label).sum())
     return {"top1_agreement": agree / n if n else float("nan"), "max_abs_prob_diff": max_prob,
+            "mean_kl": kl_sum / n if n else float("nan"),
             "max_abs_logit_diff": max_logit, "max_abs_reference": max_ref, "n": n}
+
+
+def _kl(p: np.ndarray, q: np.ndarray, bernoulli: bool) -> np.ndarray:
+    """Per-row KL(p || q); ``bernoulli``: each column is its own two-outcome distribution."""
+    eps = 1e-12
+    p, q = np.clip(p, eps, 1.0), np.clip(q, eps, 1.0)
+    kl = p * (np.log(p) - np.log(q))
+    if bernoulli:
+        p1, q1 = np.clip(1.0 - p, eps, 1.0), np.clip(1.0 - q, eps, 1.0)
+        kl = kl + p1 * (np.log(p1) - np.log(q1))
+    return kl.sum(axis=1)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
