@@ -11,7 +11,8 @@ cached arrays of ``bench/onnx_speed.py`` (evaluation photos split in two halves:
 1. Leave one out: each still-quantised Conv/Gemm kept in float in turn; the drop in mean KL divergence
    from fp32 on "tune" ranks the nodes.
 2. Cumulative: the k highest-ranked nodes in float together; top-1 agreement with fp32 on "test" and
-   on all photos, and ORT speed relative to fp32 (batch 32, median of 12 calls, same process).
+   on all photos, and ORT speed relative to fp32 (batch 32, median batch time over the evaluation photos,
+   same process).
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out" / "onnx"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from onnx_speed import OUT, agreement, run_all
+
+BATCH = 32
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,42 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     tune, test = slice(0, half), slice(half, None)
     ref_be = OnnxBackend(fp32)
 
-    def run(be, x, bs=50):
-        return np.concatenate([be(x[i:i + bs]) for i in range(0, len(x), bs)])
-
     def log_softmax(z):
         z = z - z.max(1, keepdims=True)
         return z - np.log(np.exp(z).sum(1, keepdims=True))
 
-    ref = run(ref_be, eval_x)
+    ref, fp32_ips = run_all(ref_be, eval_x, BATCH)
     calib = [ref_be.normalize(calib_x[i:i + 16]) for i in range(0, len(calib_x), 16)]
     settings = {**INT8_BASE, **INT8_CANDIDATES[0]}
     tmp = Path(tempfile.mkdtemp(prefix="imclass-int8-sens-"))
-    ranges = tmp / "ranges.json"
 
     def quantise(name: str, exclude: list[str]) -> Path:
         path = tmp / f"{name}.onnx"
         with contextlib.redirect_stdout(io.StringIO()):
-            quantize_int8(fp32, path, calib, calibration_cache=ranges, nodes_to_exclude=exclude, **settings)
+            quantize_int8(fp32, path, calib, work_dir=tmp / "work", nodes_to_exclude=exclude, **settings)
         return path
 
     def score(path: Path) -> dict[str, float]:
-        out = run(OnnxBackend(path), eval_x)
+        out, ips = run_all(OnnxBackend(path), eval_x, BATCH)
         lr, lq = log_softmax(ref), log_softmax(out)
         kl = (np.exp(lr) * (lr - lq)).sum(1)
-        agree = ref.argmax(1) == out.argmax(1)
-        return {"kl_tune": float(kl[tune].mean()), "agree_test": float(agree[test].mean()),
-                "agree_all": float(agree.mean())}
-
-    def speed(path: Path, bs: int = 32, reps: int = 12) -> float:
-        be, x = OnnxBackend(path), eval_x[:bs]
-        be(x)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            be(x)
-            times.append(time.perf_counter() - t0)
-        return bs / statistics.median(times)
+        return {"kl_tune": float(kl[tune].mean()), "agree_test": agreement(ref[test], out[test]),
+                "agree_all": agreement(ref, out), "img_s": ips}
 
     base_path = quantise("base", [])
     base = score(base_path)
@@ -113,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     tests = [loo[k]["agree_test"] for k in rank]
     print(f"\n{len(rank)} nodes; largest KL gain {gains[0]:.5f} of {base['kl_tune']:.5f} ({rank[0]}); "
           f"test agreement over the variants {min(tests):.1%}-{max(tests):.1%} (median {statistics.median(tests):.1%})")
-    fp32_ips = speed(fp32)
     print("\n| nodes kept in float (besides the recipe's) | test | all | mean KL (tune) | speed vs ORT fp32 |")
     print("|---|---|---|---|---|")
     for k in args.cumulative.split(","):
@@ -121,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         path = quantise(f"top{n}", rank[:n])
         s = score(path)
         print(f"| {n} | {s['agree_test']:.1%} | {s['agree_all']:.1%} | {s['kl_tune']:.4f} | "
-              f"{speed(path) / fp32_ips:.2f}x |", flush=True)
+              f"{s['img_s'] / fp32_ips:.2f}x |", flush=True)
     return 0
 
 

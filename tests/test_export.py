@@ -152,6 +152,27 @@ def test_int8_static_quantisation_runs_and_shrinks_the_model(model, fp32, tmp_pa
     assert report["n"] == 5 and 0.0 <= report["top1_agreement"] <= 1.0
 
 
+def test_work_dir_reuses_setting_independent_work_and_drops_it_for_other_inputs(fp32, tmp_path):
+    calib = [normalised(8, seed=20 + s) for s in range(2)]
+    work = tmp_path / "work"
+    fresh = quantize_int8(fp32, tmp_path / "fresh.onnx", calib, method="minmax", exclude_first_convs=1)
+    first = quantize_int8(fp32, tmp_path / "a.onnx", calib, method="minmax", exclude_first_convs=1, work_dir=work)
+    made = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
+    assert {"key.txt", "pre.onnx", "means-pre.json"} <= set(made) and any(n.startswith("ranges-minmax") for n in made)
+    # another setting on the same model and batches: nothing is recomputed, and the result is the same
+    # as quantising from scratch
+    quantize_int8(fp32, tmp_path / "b.onnx", calib, method="minmax", exclude_first_convs=2, work_dir=work)
+    assert {p.name: p.stat().st_mtime_ns for p in work.iterdir()} == made
+    batch = np.random.default_rng(3).integers(0, 256, (4, *PRE.input_size, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(OnnxBackend(first, PRE, threads=1)(batch), OnnxBackend(fresh, PRE, threads=1)(batch))
+    # other calibration batches: the cached work no longer applies and is rebuilt
+    (work / "unrelated.txt").write_text("the caller's own file")
+    key = (work / "key.txt").read_text()
+    quantize_int8(fp32, tmp_path / "c.onnx", [normalised(8, seed=99)], method="minmax", work_dir=work)
+    assert (work / "key.txt").read_text() != key and (work / "unrelated.txt").exists()
+    assert (work / "means-pre.json").stat().st_mtime_ns != made["means-pre.json"]
+
+
 def test_bias_correction_cancels_the_mean_error_of_weight_rounding(tmp_path):
     # One conv on inputs with a large mean: weight rounding shifts every output channel by (W_q - W) @ mean.
     torch.manual_seed(0)

@@ -206,26 +206,17 @@ _register_verbs()
 # ---- helpers ----------------------------------------------------------------------------------------
 
 def _progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
+
+    from .cli_progress import rich_progress
 
     class Rate(TextColumn):
         def render(self, task):
             speed = task.speed or 0.0
             return f"{speed:6.1f} img/s"
 
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        Rate(""), TextColumn("[red]{task.fields[errors]} errors"), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
-        speed_estimate_period=10.0)
+    return rich_progress(err, Rate(""), TextColumn("[red]{task.fields[errors]} errors"),
+                         speed_estimate_period=10.0)
 
 
 def _print_rows(preds, as_json: bool, progress) -> None:

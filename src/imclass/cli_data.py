@@ -41,6 +41,7 @@ Backbone = Annotated[str, typer.Option("--backbone", help="Model whose embedding
                                                           "timm name.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Decode threads.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -169,7 +170,7 @@ def clean(
     multi_label: MultiLabel = None,
     skip_bad_rows: SkipBadRows = False,
     workers: Workers = 2,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: AsJson = False,
     quiet: Quiet = False,
 ) -> int:
     """Write a cleaned copy of DATA (links or copies, same folder structure) without the files --drop names.
@@ -221,7 +222,7 @@ def split(
     multi_label: MultiLabel = None,
     skip_bad_rows: SkipBadRows = False,
     workers: Workers = 2,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: AsJson = False,
     quiet: Quiet = False,
 ) -> int:
     """Stratified, reproducible train/val/test split (multi-label aware) written to OUT/dataset.csv.
@@ -275,7 +276,7 @@ def resize(
     multi_label: MultiLabel = None,
     skip_bad_rows: SkipBadRows = False,
     workers: Workers = 2,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: AsJson = False,
     quiet: Quiet = False,
 ) -> int:
     """Resize every image (shorter side to --size, then an optional centre --crop), keeping the folders.

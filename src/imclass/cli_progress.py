@@ -1,10 +1,29 @@
-"""One progress display for the CLI verbs that run in stages (data, train, evaluate): a rich bar per stage."""
+"""The CLI's progress bars: the shared rich column set (also ``predict``'s bar), and one display for the verbs
+that run in stages (data, train, evaluate): a rich bar per stage."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
+
+
+def rich_progress(console: Console, *extra: Any, description: str = "{task.description}", **options: Any):
+    """A rich ``Progress`` with the columns every imclass bar shares: spinner, description, bar, done/total,
+    then ``extra`` columns, elapsed time and eta."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(SpinnerColumn(), TextColumn(description), BarColumn(), MofNCompleteColumn(), *extra,
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                    transient=False, **options)
 
 
 class StageProgress:
@@ -17,19 +36,7 @@ class StageProgress:
         self.tasks: dict[str, int] = {}
         self.progress: Any = None
         if not quiet:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(SpinnerColumn(), TextColumn(f"{{task.description:<{width}}}"), BarColumn(),
-                                     MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                                     TimeRemainingColumn(), console=console, transient=False)
+            self.progress = rich_progress(console, description=f"{{task.description:<{width}}}")
 
     def __enter__(self) -> StageProgress:
         if self.progress is not None:

@@ -132,9 +132,9 @@ def _quantize_best(fp32_path: Path, int8_path: Path, ref, fp32, calib_u8: list[n
         for i, cand in enumerate(candidates if candidates is not None else INT8_CANDIDATES):
             settings = {**INT8_BASE, **cand}
             path = Path(tmp) / f"candidate-{i}.onnx"
-            ranges = Path(tmp) / f"ranges-{settings.get('method', 'minmax')}.json"  # calibrate once per method
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
-                quantize_int8(fp32_path, path, calib, calibration_cache=ranges, **settings)
+                # one work folder: pre-processing, ranges (per method) and input means are computed once
+                quantize_int8(fp32_path, path, calib, work_dir=Path(tmp) / "work", **settings)
             score = parity(lambda b: reference[id(b)], OnnxBackend(path, fp32.preprocess), calib_u8,
                            multi_label=multi)
             tried.append({**settings, "calibration_mean_kl": score["mean_kl"],

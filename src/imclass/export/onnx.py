@@ -137,7 +137,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
                   exclude_first_convs: int = 0, exclude_first_conv: bool = False, exclude_last_layer: bool = False,
                   activation_type: str = "uint8", preprocess: bool = True,
                   extra_options: dict[str, Any] | None = None,
-                  calibration_cache: str | os.PathLike | None = None, bias_correction: bool = True) -> Path:
+                  work_dir: str | os.PathLike | None = None, bias_correction: bool = True) -> Path:
     """Static INT8 quantisation (QDQ format, int8 weights) calibrated on ``calibration_batches``.
 
     - ``calibration_batches``: normalised float32 NCHW arrays, as the fp32 graph takes them (a few hundred
@@ -155,9 +155,11 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
     - ``bias_correction``: shift each quantised Conv/Gemm bias by ``-(W_int8 - W) @ E[input]`` (E over the
       calibration batches), cancelling the mean error weight rounding adds to each output channel
       (Nagel et al. 2019, "Data-free quantization"); worth ~5 points of top-1 agreement on Lite0.
-    - ``calibration_cache``: a JSON file of tensor ranges, written on the first call and reused (no
-      calibration) by later calls with the same model, method and ``preprocess``, e.g. to compare
-      per-channel or exclusions (needs an ORT whose ``quantize_static`` has ``calibration_cache_path``).
+    - ``work_dir``: a folder for the work that does not depend on the quantisation settings (the
+      pre-processed graph, the calibration ranges of each method, the input means for bias correction),
+      so that later calls comparing settings on the same model and batches skip it. It is keyed by a hash
+      of the fp32 file and the batches: anything else invalidates it (needs an ORT whose
+      ``quantize_static`` has ``calibration_cache_path``).
     - ``extra_options``: passed to ``quantize_static`` (e.g. ``{"CalibPercentile": 99.99}``).
 
     Excluded nodes whose input is quantised get re-quantised (per tensor!) at load time by ORT's
@@ -179,13 +181,9 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     corrected = 0
     with tempfile.TemporaryDirectory(prefix="imclass-quant-") as tmp:
-        src = Path(fp32_path)
-        if preprocess:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            pre = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-            src = pre
+        work = _QuantWork(Path(work_dir) if work_dir is not None else Path(tmp), Path(fp32_path), batches,
+                          preprocess)
+        src = work.source()
         graph = onnx.load(str(src)).graph
         names = {n.name for n in graph.node}
         exclude = list(nodes_to_exclude or [])
@@ -200,7 +198,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
             exclude += [last] if last and last not in exclude else []
         options = {"CalibStridedMinMax": 1, **(extra_options or {})}  # one batch at a time: bounded memory
         reader = _BatchReader(graph.input[0].name, batches)
-        cache = {} if calibration_cache is None else {"calibration_cache_path": str(calibration_cache)}
+        cache = {} if work_dir is None else {"calibration_cache_path": str(work.ranges(method, options))}
         quantize_static(
             str(src), str(int8_path), reader,
             quant_format=QuantFormat.QDQ,
@@ -215,7 +213,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
         )
         proto = onnx.load(str(int8_path))
         if bias_correction:
-            corrected = _correct_biases(proto, src, batches)
+            corrected = _correct_biases(proto, src, batches, work.means)
     meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
     meta["imclass.quantization"] = json.dumps({
         "format": "QDQ", "weights": "int8", "activations": activation_type, "per_channel": per_channel,
@@ -226,12 +224,63 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
     return int8_path
 
 
-def _correct_biases(qdq, float_path: Path, batches: list[np.ndarray]) -> int:
+class _QuantWork:
+    """The setting-independent work of :func:`quantize_int8`, kept in ``root`` for the next call.
+
+    ``key.txt`` holds a hash of the fp32 file and the calibration batches; on a mismatch the files below
+    are dropped (only these: ``root`` may be a folder the caller also uses).
+    """
+
+    FILES = ("pre.onnx", "ranges-*.json", "means-*.json")
+
+    def __init__(self, root: Path, fp32_path: Path, batches: list[np.ndarray], preprocess: bool):
+        import hashlib
+
+        from ..fileio import atomic_write_text
+
+        self.root, self.fp32_path, self.preprocess = root, fp32_path, preprocess
+        root.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256(fp32_path.read_bytes())
+        for b in batches:
+            h.update(repr(b.shape).encode())
+            h.update(b.tobytes())
+        stamp = root / "key.txt"
+        if not stamp.is_file() or stamp.read_text() != h.hexdigest():
+            for pattern in self.FILES:
+                for f in root.glob(pattern):
+                    f.unlink()
+            atomic_write_text(stamp, h.hexdigest())
+        self.means = root / f"means-{'pre' if preprocess else 'raw'}.json"
+
+    def source(self) -> Path:
+        """The graph to quantise: the fp32 file, or its ``quant_pre_process`` version (made once)."""
+        if not self.preprocess:
+            return self.fp32_path
+        pre = self.root / "pre.onnx"
+        if not pre.is_file():
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            tmp = self.root / f".pre.{os.getpid()}.onnx"
+            quant_pre_process(str(self.fp32_path), str(tmp), skip_symbolic_shape=False)
+            os.replace(tmp, pre)
+        return pre
+
+    def ranges(self, method: str, options: dict[str, Any]) -> Path:
+        """Where the ranges of one calibration method (and its ``extra_options``) are kept."""
+        import hashlib
+
+        tag = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return self.root / f"ranges-{method}-{'pre' if self.preprocess else 'raw'}-{tag}.json"
+
+
+def _correct_biases(qdq, float_path: Path, batches: list[np.ndarray], means_file: Path | None = None) -> int:
     """Analytical bias correction of ``qdq`` (in place) against the float model it was quantised from.
 
     For every Conv/Gemm whose weight and bias come from ``DequantizeLinear`` of initializers, the int32
     bias is re-quantised from ``b - (W_q - W) @ mu`` where ``mu`` is the per-channel mean of the node's
     (float) input over ``batches``. Nodes are matched by name. Returns the number of nodes corrected.
+    ``means_file``: JSON of means already computed for this float model and these batches (read, and
+    extended with any missing ones).
     """
     import onnx
     from onnx import numpy_helper
@@ -253,8 +302,8 @@ def _correct_biases(qdq, float_path: Path, batches: list[np.ndarray]) -> int:
         todo.append((node, rnode, wdq, bdq))
     if not todo:
         return 0
-    means = _channel_means(ref, {r.input[0]: (2 if n.op_type == "Gemm" else len(ref_init[r.input[1]].dims))
-                                 for n, r, _, _ in todo}, batches)
+    means = _cached_means(ref, {r.input[0]: (2 if n.op_type == "Gemm" else len(ref_init[r.input[1]].dims))
+                                for n, r, _, _ in todo}, batches, means_file)
     done: set[str] = set()
     for node, rnode, wdq, bdq in todo:
         if bdq.input[0] in done:  # a shared bias: correct once
@@ -280,6 +329,21 @@ def _correct_biases(qdq, float_path: Path, batches: list[np.ndarray]) -> int:
                                                    bias_init.name))
         done.add(bdq.input[0])
     return len(done)
+
+
+def _cached_means(model, tensors: dict[str, int], batches: list[np.ndarray],
+                  means_file: Path | None) -> dict[str, np.ndarray]:
+    """:func:`_channel_means`, computing only the tensors ``means_file`` does not hold yet."""
+    from ..fileio import write_json
+
+    known = ({k: np.asarray(v) for k, v in json.loads(means_file.read_text()).items()}
+             if means_file is not None and means_file.is_file() else {})
+    missing = {k: v for k, v in tensors.items() if k not in known}
+    if missing:
+        known.update(_channel_means(model, missing, batches))
+        if means_file is not None:
+            write_json(means_file, {k: v.tolist() for k, v in known.items()})
+    return known
 
 
 def _channel_means(model, tensors: dict[str, int], batches: list[np.ndarray]) -> dict[str, np.ndarray]:
