@@ -27,7 +27,7 @@ What one run does:
        transformers ``image-classification`` pipeline with a ViT-base (random weights), one photo at a time;
    then, on the ImageNet-size set only: (a1), the naive loop with 1 torch thread, for reference; 1-photo runs
    (start-up cost); the (c) ``--variants`` of (b): other options (``-b 32``, ``--threads 1``, ``--backend
-   auto``...) and environment (``OMP_WAIT_POLICY=PASSIVE``);
+   auto``, ``--backend onnx --streams 1``...) and environment (e.g. ``OMP_WAIT_POLICY=PASSIVE``);
 4. reads each process's own peak RSS from ``os.wait4`` (per child, not the max over all children);
 5. steady-state img/s: the loops' own timers after 10 warm-up photos; for imclass, the output rows written
    after its first batch appeared in the (per-batch flushed) CSV / time from then to exit;
@@ -79,7 +79,7 @@ N, N12 = 1000, 120  # the recorded run's set sizes (calibration photos avoid the
 CALIBRATION = 512  # photos given to `imclass export --int8 -c`: it calibrates on half, checks parity on the other
 TORCH = ["--backend", "torch"]  # (b) is the torch backend; `--backend auto` (ONNX Runtime on CPU) is a variant
 # The CLI leaves OpenMP's wait policy alone (libgomp: spin, then sleep); PASSIVE is the variant to compare.
-DEFAULT_VARIANTS = "-b 32; -b 8; -w 1; --threads 1; OMP_WAIT_POLICY=PASSIVE; --backend auto"
+DEFAULT_VARIANTS = "-b 32; -b 8; -w 1; --threads 1; --backend auto; --backend onnx --streams 1"
 NAIVE_MAX_S = 120  # per loop run; a slower (busy) machine gets the rest of its photos extrapolated
 ROWS = ("naive", "torch", "onnx", "int8", "hf")
 SETS = ("imagenet", "12mp")
@@ -664,7 +664,7 @@ def versions() -> str:
         return f"imclass at {commit}"
     return (f"torch {out[0]}, {', '.join([*others, ''])}Pillow {out[1]}, torch default threads {out[2]}; "
             f"imclass at {commit}{' (src modified)' if dirty else ''}, `imclass predict` defaults: --batch-size "
-            f"{out[3]}, --workers {out[4]}")
+            f"{'16 shared by the streams' if out[3] == 'None' else out[3]}, --workers {out[4]}")
 
 
 def record(text: str, label: str = "") -> None:

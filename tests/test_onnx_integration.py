@@ -183,3 +183,16 @@ def test_cli_export_then_predict_with_the_exported_bundle(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line) for line in r.stdout.splitlines()}
     assert rows["coffee.jpg"]["label"] == "espresso"
+
+
+def test_streams_split_the_threads_and_change_nothing_but_speed(photos):
+    two = Classifier(tiny().model, tiny().spec, device="cpu", threads=2)  # default: 2 streams on CPU
+    one = Classifier(two.model, two.spec, device="cpu", threads=2, streams=1)
+    assert two.backend.streams == 2 and one.backend.streams == 1
+    assert two.backend.session.get_session_options().intra_op_num_threads == 1
+    assert one.backend.session.get_session_options().intra_op_num_threads == 2
+    assert [len(b) for b in two.predict_batches(photos[:20])] == [8, 8, 4]  # 16 images shared by 2 calls
+    assert [len(b) for b in one.predict_batches(photos[:20])] == [16, 4]
+    np.testing.assert_allclose(two.predict_proba(photos), one.predict_proba(photos), atol=1e-6)
+    assert [p.label for p in two.predict(photos)] == [p.label for p in one.predict(photos)]
+    assert tiny("torch").backend.streams == 1

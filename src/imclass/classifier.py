@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .engine.backends import TorchBackend, default_threads, resolve_device
-from .engine.pipeline import DEFAULT_BATCH_SIZE, map_arrays, run_batches
+from .engine.backends import TorchBackend, default_streams, default_threads, resolve_device
+from .engine.pipeline import default_batch_size, map_arrays, run_batches
 from .engine.sources import iter_image_paths
 from .errors import ImclassError
 from .images import source_name
@@ -33,7 +33,7 @@ class Classifier:
     """
 
     def __init__(self, model, spec: ModelSpec, device: str = "auto", threads: int | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", streams: int | None = None):
         if backend not in BACKENDS:
             raise ImclassError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self._model = model
@@ -42,17 +42,21 @@ class Classifier:
         self.spec = spec
         self.device = device
         self.threads = threads
+        self.streams = streams
         self.backend_name = backend
         self._backend = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def load(cls, name: str | os.PathLike = "default", device: str = "auto",
-             threads: int | None = None, backend: str = "auto") -> Classifier:
+             threads: int | None = None, backend: str = "auto", streams: int | None = None) -> Classifier:
         """Load a model by name: ``default``, a bundle directory, ``hf:<id>``, a timm name, ...
 
         ``backend``: ``auto`` (ONNX Runtime on CPU, exported and cached on first use; torch on CUDA),
         ``torch``, ``onnx`` or ``onnx-int8`` (needs a bundle made by ``imclass export --int8``).
+        ``threads``: CPU threads for the model (default: all usable cores). ``streams``: batches run at
+        once when predicting many images, each with ``threads // streams`` threads (default: 2 for ONNX
+        Runtime on CPU, else 1; 1 gives single calls all threads, best for latency).
         """
         from .models.registry import resolve
 
@@ -61,13 +65,13 @@ class Classifier:
             fast = _fast_onnx_start(name, int8=int8)
             if fast is not None:  # a verified ONNX export exists: no torch import needed to predict
                 spec, onnx_path, loader = fast
-                clf = cls(None, spec, device=device, threads=threads, backend=backend)
+                clf = cls(None, spec, device=device, threads=threads, backend=backend, streams=streams)
                 clf._model_loader = loader
                 if not int8:  # an INT8 file is always taken from the bundle's manifest (spec.bundle_dir)
                     clf._onnx_path = onnx_path
                 return clf
         model, spec = resolve(name)
-        return cls(model, spec, device=device, threads=threads, backend=backend)
+        return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams)
 
     @property
     def model(self):
@@ -138,7 +142,9 @@ class Classifier:
             path = cached_onnx(self.model, self.spec)
             if self.spec.source == "default":
                 remember_default(self.spec, path)
-        return OnnxBackend(path, self.spec.preprocess, threads=self.threads)
+        threads = self.threads or default_threads()
+        streams = self.streams or default_streams("onnx", resolve_device(self.device), threads)
+        return OnnxBackend(path, self.spec.preprocess, threads=threads, streams=streams)
 
     def __repr__(self) -> str:
         return (f"Classifier({self.spec.model_id}, {self.spec.num_classes} labels, "
@@ -154,7 +160,7 @@ class Classifier:
         return self.backend(batch)
 
     def predict_iter(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
-                     batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                     batch_size: int | None = None, workers: int | None = None,
                      reject_unknown: bool = True) -> Iterator[Prediction]:
         """Stream predictions one by one, in input order, with flat memory (any iterable works)."""
         for batch in self.predict_batches(images, top_k=top_k, batch_size=batch_size, workers=workers,
@@ -162,28 +168,33 @@ class Classifier:
             yield from batch
 
     def predict_batches(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
-                        batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                        batch_size: int | None = None, workers: int | None = None,
                         reject_unknown: bool = True) -> Iterator[list[Prediction]]:
-        """Stream predictions batch by batch. ``images``: paths, folders, PIL images or bytes."""
+        """Stream predictions batch by batch. ``images``: paths, folders, PIL images or bytes.
+
+        ``batch_size``: images per model call (default: 16 shared by the backend's streams, so 8 with two).
+        """
         items = _expand(images)
+        streams = self._streams()
         yield from run_batches(
             items,
             decode=self.decode,
             infer=lambda batch, names: decide(
                 probabilities(self.logits(batch), self.spec), names, self.spec, top_k, reject_unknown),
             name_of=source_name,
-            batch_size=batch_size,
+            batch_size=batch_size or default_batch_size(streams),
             workers=default_workers() if workers is None else workers,
+            infer_workers=streams,
         )
 
     def predict(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
-                batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                batch_size: int | None = None, workers: int | None = None,
                 reject_unknown: bool = True) -> list[Prediction]:
         """Predict a list of images (or a folder). Unreadable images give rows with ``error`` set."""
         return list(self.predict_iter(images, top_k=top_k, batch_size=batch_size, workers=workers,
                                       reject_unknown=reject_unknown))
 
-    def predict_proba(self, images: Iterable[Any], *, batch_size: int = DEFAULT_BATCH_SIZE,
+    def predict_proba(self, images: Iterable[Any], *, batch_size: int | None = None,
                       workers: int | None = None, return_errors: bool = False,
                       progress: Callable[[int, int], None] | None = None):
         """Calibrated probabilities ``(N, classes)``; rows of unreadable images are NaN.
@@ -199,11 +210,17 @@ class Classifier:
             done += size
             progress(done, len(items))
 
+        streams = self._streams()
         probs, errors = map_arrays(items, lambda batch: probabilities(self.logits(batch), self.spec),
-                                   decode=self.decode, width=self.spec.num_classes, batch_size=batch_size,
+                                   decode=self.decode, width=self.spec.num_classes,
+                                   batch_size=batch_size or default_batch_size(streams),
                                    workers=default_workers() if workers is None else workers,
-                                   on_batch=None if progress is None else tick)
+                                   infer_workers=streams, on_batch=None if progress is None else tick)
         return (probs, errors) if return_errors else probs
+
+    def _streams(self) -> int:
+        """Concurrent model calls the backend was built for (1 for torch)."""
+        return max(1, int(getattr(self.backend, "streams", 1)))
 
 
 def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):

@@ -37,7 +37,8 @@ def predict(
     model: Annotated[str, typer.Option("--model", "-m", help="default | bundle dir | hf:<id> | timm name")] = "default",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image in the output.")] = 5,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File: .csv .jsonl .json .parquet")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")] = 16,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", "-b", min=1, help="Images per model call (default: 16, shared by the streams).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Decode threads.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into --output.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
@@ -47,6 +48,9 @@ def predict(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     backend: Annotated[str, typer.Option("--backend", help="auto | torch | onnx | onnx-int8")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Inference threads.")] = None,
+    streams: Annotated[Optional[int], typer.Option(
+        "--streams", min=1, help="Batches inferred at once, each with threads/streams threads "
+        "(default: 2 for ONNX Runtime on CPU, else 1).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     no_unknown: Annotated[bool, typer.Option(
@@ -86,7 +90,7 @@ def predict(
     try:
         summary = label_library(
             [str(s) for s in sources], model=model, device=device, backend=backend, threads=threads,
-            output=output, top_k=top_k, batch_size=batch_size,
+            streams=streams, output=output, top_k=top_k, batch_size=batch_size,
             workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
             sort_mode="link" if link else "copy", on_total=on_total, on_batch=on_batch,
             reject_unknown=not no_unknown)

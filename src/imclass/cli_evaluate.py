@@ -29,7 +29,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cu
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto | torch | onnx | onnx-int8")]
 SplitOpt = Annotated[str, typer.Option("--split", "-s", help="val (falls back to test, then all) | test | all")]
 ImagesDirOpt = Annotated[Optional[Path], typer.Option("--images-dir", help="Where a CSV's filenames live.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")]
+BatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", min=1, help="Images per model call (default: 16, shared by the streams).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -61,7 +62,7 @@ def evaluate_command(
     cam: Annotated[str, typer.Option("--cam", help=f"CAM method for the report: {' | '.join(METHODS)}")] = "gradcam",
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> int:
     """Measure MODEL on the labelled images in DATA: accuracy, per-class scores, confusions, calibration.
@@ -179,7 +180,7 @@ def compare_command(
     images_dir: ImagesDirOpt = None,
     device: DeviceOpt = "auto",
     backend: BackendOpt = "auto",
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
 ) -> int:
     """Evaluate several models on the same images and show their metrics side by side."""
     from .evaluation import compare

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .classifier import Classifier
-from .engine.pipeline import DEFAULT_BATCH_SIZE
 from .engine.sinks import Sink, open_sink
 from .engine.sorting import Sorter
 from .engine.sources import count_image_paths, iter_image_paths, validate_sources
@@ -43,9 +42,10 @@ def label_library(
     device: str = "auto",
     backend: str = "auto",
     threads: int | None = None,
+    streams: int | None = None,
     output: str | os.PathLike | None = None,
     top_k: int = 5,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -68,8 +68,10 @@ def label_library(
         raise ImclassError(f"no such file or folder: {', '.join(missing[:5])}")
     if top_k < 1:
         raise ImclassError("--top-k must be >= 1")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ImclassError("--batch-size must be >= 1")
+    if streams is not None and streams < 1:
+        raise ImclassError("--streams must be >= 1")
     if resume and output is None:
         raise ImclassError("--resume needs --output (the file to continue)")
     if sort_into is not None:
@@ -79,7 +81,7 @@ def label_library(
     if isinstance(model, Classifier):
         clf = model
     else:
-        clf = Classifier.load(model, device=device, backend=backend, threads=threads)
+        clf = Classifier.load(model, device=device, backend=backend, threads=threads, streams=streams)
     sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
     done = sink.done if sink else set()
     summary = LabelSummary(skipped=len(done), errors=sink.errors_before if sink else 0,

@@ -20,15 +20,21 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, onnx_path: str | os.PathLike, preprocess=None, threads: int | None = None,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, streams: int = 1):
         """``preprocess``: a :class:`~imclass.preprocess.Preprocess`; ``None`` reads the one recorded in the
-        file by :func:`~imclass.export.export_onnx`. ``threads``: intra-op threads (default: all usable cores).
+        file by :func:`~imclass.export.export_onnx`. ``threads``: CPU threads in all (default: all usable
+        cores). ``streams``: calls meant to run at once (from that many threads, e.g. by
+        :func:`~imclass.engine.pipeline.run_batches`); each call gets ``threads // streams`` intra-op threads.
         ``providers``: ORT execution providers (default: CUDA when available, then CPU)."""
         import onnxruntime as ort
 
+        if streams < 1:
+            raise ValueError("streams must be >= 1")
         self.path = os.fspath(onnx_path)
+        self.threads = threads or default_threads()
+        self.streams = streams
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or default_threads()
+        opts.intra_op_num_threads = max(1, self.threads // streams)
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -66,7 +72,7 @@ class OnnxBackend:
         return np.asarray(out, dtype=np.float32)
 
     def __repr__(self) -> str:
-        return f"OnnxBackend({self.path!r}, providers={self.providers})"
+        return f"OnnxBackend({self.path!r}, providers={self.providers}, threads={self.threads}, streams={self.streams})"
 
 
 def _recorded_preprocess(session, path: str):

@@ -1,8 +1,11 @@
 """Decode in a small thread pool, infer in fixed-size batches, yield results in input order.
 
 Pillow releases the GIL while decoding and resizing, so threads overlap decode with inference
-without copying pixels between processes. At most ``prefetch`` images are decoded ahead, so memory
-stays flat whatever the size of the library.
+without copying pixels between processes. With ``infer_workers > 1``, that many batches are inferred
+at once (ONNX Runtime releases the GIL too): on few cores, two single-threaded model calls side by side
+keep the cores busier than one two-threaded call, whose threads wait for each other at every operator
+while decode threads take their cores. At most a few batches are decoded ahead, so memory stays flat
+whatever the size of the library.
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ from ..prediction import Prediction
 #: backend, 1,000 photos: 16 -> 38.7 s, 8 -> 39.7 s, 32 -> 41.7 s; bench/ab.py, bench/RESULTS.md).
 DEFAULT_BATCH_SIZE = 16
 
+
+def default_batch_size(streams: int = 1) -> int:
+    """Images per model call: :data:`DEFAULT_BATCH_SIZE` shared by the ``streams`` calls that run at once.
+
+    Each concurrent ONNX Runtime call holds its own activations, so 2 streams of 16 took ~520 MiB where
+    one took ~330; 2 streams of 8 keep ~340 MiB at the same speed (bench/ab.py, bench/RESULTS.md).
+    """
+    return max(1, DEFAULT_BATCH_SIZE // max(1, streams))
+
 Decoded = tuple[str, "np.ndarray | None", "str | None"]  # (name, uint8 HWC or None, error)
 
 
@@ -32,14 +44,18 @@ def run_batches(
     name_of: Callable[[Any], str],
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 2,
+    infer_workers: int = 1,
 ) -> Iterator[list[Prediction]]:
     """Yield one list of predictions per input chunk of ``batch_size`` items, in input order.
 
     ``decode`` raises :class:`ImageLoadError` (or any exception) for unreadable items; those become
-    error rows and never stop the run.
+    error rows and never stop the run. ``infer_workers``: batches given to ``infer`` at once, from that
+    many threads (``infer`` must then be thread-safe).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    if infer_workers < 1:
+        raise ValueError("infer_workers must be >= 1")
 
     def job(item: Any) -> Decoded:
         name = name_of(item)
@@ -50,21 +66,32 @@ def run_batches(
         except Exception as e:
             return name, None, f"{e.__class__.__name__}: {e}"
 
-    def chunks(results: Iterator[Decoded]) -> Iterator[list[Prediction]]:
+    def chunks(results: Iterator[Decoded]) -> Iterator[list[Decoded]]:
         buf: list[Decoded] = []
         for r in results:
             buf.append(r)
             if len(buf) == batch_size:
-                yield _infer_chunk(buf, infer)
+                yield buf
                 buf = []
         if buf:
-            yield _infer_chunk(buf, infer)
+            yield buf
+
+    def infer_all(results: Iterator[Decoded]) -> Iterator[list[Prediction]]:
+        if infer_workers == 1:
+            for buf in chunks(results):
+                yield _infer_chunk(buf, infer)
+            return
+        with ThreadPoolExecutor(max_workers=infer_workers, thread_name_prefix="imclass-infer") as pool:
+            # one batch more than the workers, so they stay busy while the caller handles a result
+            yield from _ordered(pool, lambda buf: _infer_chunk(buf, infer), chunks(results),
+                                prefetch=infer_workers + 1)
 
     if workers <= 0:
-        yield from chunks(job(it) for it in items)
+        yield from infer_all(job(it) for it in items)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imclass-decode") as pool:
-        yield from chunks(_ordered(pool, job, items, prefetch=batch_size * 2 + workers))
+        # decoded ahead: the batches queued for inference, the one being filled, and a little more
+        yield from infer_all(_ordered(pool, job, items, prefetch=batch_size * (infer_workers + 2) + workers))
 
 
 def _ordered(pool: ThreadPoolExecutor, fn: Callable, items: Iterable[Any], prefetch: int) -> Iterator:
@@ -115,13 +142,15 @@ def map_arrays(
     width: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 2,
+    infer_workers: int = 1,
     on_batch: BatchHook | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
     """Run ``fn`` (``uint8`` NHWC batch -> one row per image) over ``items`` through :func:`run_batches`.
 
     Returns ``(rows, errors)``: ``rows`` has one row per item, in order (NaN where the item could not be
     decoded; ``width`` columns when nothing could), ``errors[i]`` says why. ``on_batch`` is called after
-    every batch with the indices that succeeded, their rows, and the batch size.
+    every batch (in order, from the calling thread) with the indices that succeeded, their rows, and the
+    batch size. ``infer_workers``: as for :func:`run_batches`.
     """
     found: list[np.ndarray | None] = [None] * len(items)
     errors: list[str | None] = [None] * len(items)
@@ -130,7 +159,8 @@ def map_arrays(
         return [ArrayRow(name, row) for name, row in zip(names, np.asarray(fn(batch)))]
 
     for preds in run_batches(list(enumerate(items)), decode=lambda it: decode(it[1]), infer=infer,
-                             name_of=lambda it: str(it[0]), batch_size=batch_size, workers=workers):
+                             name_of=lambda it: str(it[0]), batch_size=batch_size, workers=workers,
+                             infer_workers=infer_workers):
         done = []
         for p in preds:
             i = int(p.path)

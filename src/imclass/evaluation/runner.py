@@ -51,7 +51,7 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
              predictions: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None, *,
              images_dir: str | os.PathLike | None = None, unknown_threshold: float | str | None = FROM_MODEL,
              thresholds: float | Sequence[float] | str | None = FROM_MODEL, device: str = "auto",
-             backend: str = "auto", batch_size: int = 16, workers: int | None = None,
+             backend: str = "auto", batch_size: int | None = None, workers: int | None = None,
              audit: dict[str, Any] | None = None, cam_method: str = "gradcam",
              on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Evaluate ``model`` (a Classifier or a model name) on ``data`` (a Dataset or a folder/CSV).

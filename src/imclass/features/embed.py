@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.backends import resolve_device
-from ..engine.pipeline import DEFAULT_BATCH_SIZE, map_arrays
+from ..engine.pipeline import default_batch_size, map_arrays
 from ..errors import ImclassError
 from .cache import EmbeddingCache
 
@@ -153,11 +153,13 @@ class Embedder:
                 self.backend_name == "auto" and resolve_device(self.device) == "cpu")
             if use_onnx:
                 try:
+                    from ..engine.backends import default_streams, default_threads
                     from ..engine.onnx_backend import OnnxBackend
                     from ..export.cache import cached_onnx
 
+                    threads = self.threads or default_threads()
                     self._run = OnnxBackend(cached_onnx(model, spec, features=True), spec.preprocess,
-                                            threads=self.threads)
+                                            threads=threads, streams=default_streams("onnx", "cpu", threads))
                 except Exception as e:
                     if self.backend_name == "onnx":
                         raise
@@ -172,7 +174,7 @@ class Embedder:
         return self.spec.preprocess.load(item)
 
     def embed(self, items: Sequence[Any], shas: Sequence[str | None] | None = None, *,
-              batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+              batch_size: int | None = None, workers: int | None = None,
               progress: Callable[[int], None] | None = None) -> Embeddings:
         """Embeddings of ``items`` (paths, PIL images, bytes). With ``shas`` (content hashes), cached vectors
         are reused and new ones stored; items with the same hash are computed once. ``progress(n)`` is called
@@ -204,8 +206,10 @@ class Embedder:
                 if progress is not None:
                     progress(size)
 
+            streams = max(1, int(getattr(self._runner(), "streams", 1)))
             rows, errs = map_arrays([items[i] for i in todo], lambda b: np.asarray(self._runner()(b), np.float32),
-                                    decode=self.decode, batch_size=batch_size, on_batch=store,
+                                    decode=self.decode, batch_size=batch_size or default_batch_size(streams),
+                                    on_batch=store, infer_workers=streams,
                                     workers=default_workers() if workers is None else workers)
             for j, k in enumerate(todo_keys):
                 if errs[j] is None:

@@ -233,6 +233,10 @@ class MicroBatcher:
     def _run(self) -> None:
         if self.warmup:
             self._warm_up()
+            if self.error is None and getattr(self.classifier.backend, "streams", 1) > 1:
+                log.warning("the classifier was built for %d concurrent calls but the batcher makes one at a "
+                            "time with a share of the threads; load it with streams=1",
+                            self.classifier.backend.streams)
         self._ready.set()
         while True:
             first = self._queue.get()

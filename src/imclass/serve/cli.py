@@ -123,7 +123,8 @@ def _build_app(options: dict[str, Any]):
 
     _quiet_pillow_bomb_warning()  # again: worker processes (workers > 1) start from scratch
     log.info("loading model %s (device=%s)", options["model"], options["device"])
-    clf = Classifier.load(options["model"], device=options["device"], threads=options["threads"])
+    # one model call at a time (the batcher's thread), given every inference thread: lowest latency
+    clf = Classifier.load(options["model"], device=options["device"], threads=options["threads"], streams=1)
     return create_app(clf, max_batch=options["max_batch"], max_wait_ms=options["max_wait_ms"],
                       max_body_bytes=options["max_body_bytes"], max_files=options["max_files"],
                       api_key=options["api_key"], decode_workers=options["decode_workers"])
