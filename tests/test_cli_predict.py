@@ -46,6 +46,8 @@ def test_usage_errors_exit_1(tmp_path):
     assert r.returncode == 1 and "--resume" in r.stderr
     r = run_cli("predict", str(SAMPLES), "--top-k", "0")
     assert r.returncode == 1
+    r = run_cli("predict", str(SAMPLES), "--streams", "0")
+    assert r.returncode == 1 and "--streams" in r.stderr
 
 
 def _library(root, n):
@@ -103,3 +105,9 @@ def test_json_stdout_when_no_output(tmp_path):
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [os.path.basename(x["path"]) for x in rows] == ["coffee.jpg", "cat.jpg"]
     assert rows[0]["label"] == "espresso" and len(rows[0]["topk"]) == 2
+    one = run_cli("predict", str(SAMPLES / "coffee.jpg"), str(SAMPLES / "cat.jpg"), "--json", "-q", "-k", "2",
+                  "--streams", "1", "-b", "1")
+    again = [json.loads(line) for line in one.stdout.splitlines()]  # one image per call, one call at a time
+    assert [(x["path"], x["label"], [t["label"] for t in x["topk"]]) for x in again] == \
+        [(x["path"], x["label"], [t["label"] for t in x["topk"]]) for x in rows]
+    assert [x["score"] for x in again] == pytest.approx([x["score"] for x in rows], abs=1e-5)

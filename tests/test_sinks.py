@@ -41,6 +41,20 @@ def test_roundtrip_each_format(tmp_path, ext):
     assert not (tmp_path / f"p.{ext}.partial.jsonl").exists()
 
 
+def test_csv_keeps_the_top_guess_of_a_row_without_a_top_label(tmp_path):
+    out = tmp_path / "p.csv"
+    top = [("cat", 0.4), ("dog", 0.35), ("fox", 0.25)]
+    with open_sink(out, top_k=3) as sink:
+        sink.write([Prediction("known.jpg", "cat", 0.4, top), Prediction("rejected.jpg", "unknown", 0.4, top),
+                    Prediction("tags.jpg", "cat;dog", 0.4, top, labels=["cat", "dog"]),
+                    Prediction("none.jpg", "", 0.4, top, labels=[])])
+    known, rejected, tags, none = read_rows(out)
+    assert (known["label_2"], known["label_3"]) == ("dog", "fox")  # the runners-up
+    assert rejected["label"] == "unknown" and (rejected["label_2"], rejected["label_3"]) == ("cat", "dog")
+    assert float(rejected["score_2"]) == pytest.approx(0.4)
+    assert (tags["label_2"], none["label_2"]) == ("cat", "cat")
+
+
 def test_existing_output_needs_resume_or_overwrite(tmp_path):
     out = tmp_path / "p.csv"
     with open_sink(out, top_k=1) as s:

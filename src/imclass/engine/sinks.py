@@ -38,10 +38,13 @@ def csv_columns(top_k: int) -> list[str]:
 
 
 def csv_row(p: Prediction, top_k: int) -> list[Any]:
+    """``label_2``... continue the ranking after ``label``: the runners-up when ``label`` is the top class;
+    the model's top classes themselves when it is not (``unknown``, a multi-label set, no label)."""
     row: list[Any] = [p.path, p.label or "", "" if p.score is None else f"{p.score:.6f}", p.error or ""]
-    for r in range(1, top_k):
-        if r < len(p.topk):
-            row += [p.topk[r][0], f"{p.topk[r][1]:.6f}"]
+    rest = p.topk[1:] if p.topk and p.label == p.topk[0][0] else p.topk
+    for r in range(top_k - 1):
+        if r < len(rest):
+            row += [rest[r][0], f"{rest[r][1]:.6f}"]
         else:
             row += ["", ""]
     return row
