@@ -152,6 +152,25 @@ def test_int8_static_quantisation_runs_and_shrinks_the_model(model, fp32, tmp_pa
     assert report["n"] == 5 and 0.0 <= report["top1_agreement"] <= 1.0
 
 
+def test_calibration_runs_a_few_images_at_a_time_whatever_the_batches(fp32, tmp_path, monkeypatch):
+    from imclass.export import onnx as onnx_mod
+
+    seen: list[int] = []
+    real = onnx_mod._BatchReader.get_next
+
+    def spy(self):
+        feed = real(self)
+        if feed:
+            seen.append(len(next(iter(feed.values()))))
+        return feed
+
+    monkeypatch.setattr(onnx_mod._BatchReader, "get_next", spy)
+    calib = [normalised(10, seed=30), normalised(3, seed=31)]
+    int8 = quantize_int8(fp32, tmp_path / "q.onnx", calib, method="minmax", exclude_first_convs=1)
+    assert seen == [4, 4, 2, 3] and onnx_mod.CALIBRATION_RUN == 4
+    assert json.loads(read_metadata(int8)["imclass.quantization"])["calibration_images"] == 13
+
+
 def test_work_dir_reuses_setting_independent_work_and_drops_it_for_other_inputs(fp32, tmp_path):
     calib = [normalised(8, seed=20 + s) for s in range(2)]
     work = tmp_path / "work"

@@ -28,6 +28,11 @@ import numpy as np
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 METHODS = ("minmax", "entropy", "percentile")
+#: Images per calibration run. ORT's calibrators run a copy of the graph that outputs every intermediate
+#: tensor and hold them all for a run: quantising Lite0 on 256 photos peaked at 2.5 GB (minmax) / 1.9 GB
+#: (percentile) in runs of 16, 1.3 / 1.1 GB in runs of 4, with the same ranges (minmax) and the same mean
+#: KL to fp32 (percentile, 0.0037 on 600 other photos).
+CALIBRATION_RUN = 4
 
 
 # ---- export -----------------------------------------------------------------------------------------
@@ -141,7 +146,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
     """Static INT8 quantisation (QDQ format, int8 weights) calibrated on ``calibration_batches``.
 
     - ``calibration_batches``: normalised float32 NCHW arrays, as the fp32 graph takes them (a few hundred
-      representative images, not the images you later measure agreement on).
+      representative images, not the images you later measure agreement on). They are run
+      :data:`CALIBRATION_RUN` images at a time, whatever their size, to bound memory.
     - ``method``: ``minmax``, ``entropy`` or ``percentile`` (ORT's default 99.999th percentile, symmetric).
     - ``per_channel``: per-output-channel weight scales (essential for depthwise convolutions).
     - ``nodes_to_exclude``: node names kept in float (names in the graph after pre-processing when
@@ -174,7 +180,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
         raise ValueError(f"unknown calibration method {method!r}; use one of {METHODS}")
     if activation_type not in ("uint8", "int8"):
         raise ValueError(f"activation_type must be 'uint8' or 'int8', got {activation_type!r}")
-    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in calibration_batches]
+    batches = [np.ascontiguousarray(b[i:i + CALIBRATION_RUN], dtype=np.float32)
+               for b in calibration_batches for i in range(0, len(b), CALIBRATION_RUN)]
     if not batches:
         raise ValueError("quantize_int8 needs at least one calibration batch")
     int8_path = Path(int8_path)
