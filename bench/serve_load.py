@@ -88,7 +88,8 @@ def cli_labels(path: Path) -> dict[str, str]:
 
 def server_command(args, port: int) -> list[str]:
     return [sys.executable, "-m", "imclass.serve.cli", args.model, "--host", HOST, "--port", str(port),
-            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"]
+            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu",
+            *(["--streams", str(args.streams)] if args.streams else [])]
 
 
 def start_server(cmd: list[str], log) -> subprocess.Popen:
@@ -178,6 +179,7 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=1, help="images per request")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=int, default=5)
+    ap.add_argument("--streams", type=int, default=None, help="server's --streams (default: its own)")
     ap.add_argument("--time-limit", type=float, default=600.0, help="stop issuing requests after this many s")
     ap.add_argument("--cli-repeat", type=int, default=2, help="imclass predict runs (n images and 1 image) each")
     ap.add_argument("--no-cli", action="store_true", help="skip the imclass predict baseline")

@@ -406,6 +406,31 @@ def test_batcher_admission_and_drain(tiny):
         b.submit(arr)
 
 
+def test_batcher_runs_one_inference_thread_per_stream(tiny):
+    two = Classifier(tiny.model, tiny.spec, device="cpu", threads=2)  # ONNX Runtime on CPU: 2 streams
+    barrier = threading.Barrier(2, timeout=20)  # only passes when two batches are in the model at once
+    real = two.logits
+
+    def logits(batch):
+        barrier.wait()
+        return real(batch)
+
+    b = MicroBatcher(two, max_batch=2, max_wait_ms=200, decode_workers=1, warmup=True)
+    b.start()
+    assert b.wait_ready(60)
+    two.logits = logits  # after the warm-up (one call, which would wait alone)
+    arr = np.zeros((64, 64, 3), dtype=np.uint8)
+    futures = [b.submit(arr + i, f"x{i}", top_k=2) for i in range(4)]
+    results = [f.result(30) for f in futures]
+    assert [r.path for r in results] == [f"x{i}" for i in range(4)] and all(r.label in LABELS for r in results)
+    assert b.stats()["inference_threads"] == 2 and b.batches == 2
+    two.logits = real
+    late = [b.submit(arr, f"y{i}") for i in range(5)]
+    b.close()  # the stop marker reaches both threads; everything queued before it is predicted
+    assert all(f.result(0).label in LABELS for f in late)
+    assert not b._thread.is_alive()
+
+
 # ---- API key ----------------------------------------------------------------------------------------------
 
 def test_api_key(tiny, client):
@@ -468,6 +493,8 @@ def test_serve_command_validates_options():
         serve_command("default", port=70000)
     with pytest.raises(ImclassError, match="--max-batch"):
         serve_command("default", max_batch=0)
+    with pytest.raises(ImclassError, match="--streams"):
+        serve_command("default", streams=0)
 
 
 def test_cli_process_logs_json_and_drains_in_flight_requests_on_sigterm(tiny, tmp_path):

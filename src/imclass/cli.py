@@ -158,12 +158,14 @@ def serve(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Request size limit.")] = 20.0,
     max_files: Annotated[int, typer.Option("--max-files", min=1, help="Images per request.")] = 64,
+    streams: Annotated[Optional[int], typer.Option(
+        "--streams", min=1, help="Model calls at once (default: 2 for ONNX Runtime on CPU, else 1).")] = None,
 ) -> int:
     """Serve MODEL over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /docs."""
     from .serve.cli import serve_command
 
     return serve_command(model, host, port, workers, max_batch, max_wait_ms, api_key, device,
-                         max_body_mb=max_body_mb, max_files=max_files)
+                         max_body_mb=max_body_mb, max_files=max_files, streams=streams)
 
 
 @app.command(epilog="Example: imclass models --json")

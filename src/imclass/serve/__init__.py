@@ -2,13 +2,13 @@
 
 >>> import imclass
 >>> from imclass.serve import create_app
->>> app = create_app(imclass.load("default", streams=1), max_batch=32, max_wait_ms=5)   # a FastAPI app
+>>> app = create_app(imclass.load("default"), max_batch=32, max_wait_ms=5)   # a FastAPI app
 >>> # uvicorn.run(app, host="127.0.0.1", port=8000)  or  parent_app.mount("/classify", app)
 
 Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart). Requests are micro-batched into the
-same decode -> logits -> probabilities -> decide path as ``Classifier.predict`` and the CLI. The batcher
-makes one model call at a time, so load the classifier with ``streams=1`` (each call then gets every
-inference thread).
+same decode -> logits -> probabilities -> decide path as ``Classifier.predict`` and the CLI, with one
+inference thread per stream of the classifier (``imclass.load(..., streams=1)``: one call at a time with
+every thread).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Micro-batching: images from many concurrent requests, one model call per batch.
 
 Each image is decoded in a thread pool with :meth:`Classifier.decode` (the one safe loader), then
-queued for a single inference thread. That thread takes the first queued image, keeps collecting
-until it holds ``max_batch`` images or ``max_wait_ms`` have passed, and runs
+queued for the inference threads, one per stream of the classifier's backend (2 for ONNX Runtime on
+CPU, else 1; see ``Classifier.load(streams=)``). An inference thread takes the first queued image,
+keeps collecting until it holds ``max_batch`` images or ``max_wait_ms`` have passed, and runs
 :meth:`Classifier.logits` once for the whole batch, then :func:`~imclass.prediction.probabilities`
 and :func:`~imclass.prediction.decide` -- the same steps as ``Classifier.predict`` and the CLI. Each
 image's :class:`~imclass.prediction.Prediction` is routed back through its own future.
@@ -54,7 +55,7 @@ _STOP = object()
 
 
 class MicroBatcher:
-    """Collects decoded images from concurrent callers into batches for one inference thread.
+    """Collects decoded images from concurrent callers into batches for the inference threads.
 
     - ``max_batch``: most images per model call;
     - ``max_wait_ms``: how long the first image of a batch may wait for company (0: take only what
@@ -63,8 +64,9 @@ class MicroBatcher:
       :meth:`admit` raises :class:`Overloaded`, so memory stays bounded under overload;
     - ``decode_workers``: decode threads (default: as for ``Classifier.predict``).
 
-    The inference thread warms the model up (one forward pass) before taking work; :attr:`ready`
-    turns true after that. :meth:`close` finishes every admitted image before it returns.
+    The first inference thread warms the model up (one forward pass) and starts the others (as many as
+    the backend has streams) before taking work; :attr:`ready` turns true after that. :meth:`close`
+    finishes every admitted image before it returns.
     """
 
     def __init__(self, classifier: Classifier, *, max_batch: int = 32, max_wait_ms: float = 5.0,
@@ -92,6 +94,8 @@ class MicroBatcher:
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._stats_lock = threading.Lock()
+        self.streams = 1  # inference threads, known once the model is built
         self._accepting = True
         self._closed = False
         self._pending = 0
@@ -101,7 +105,7 @@ class MicroBatcher:
         self.batches = 0
         self.images = 0
         self.largest_batch = 0
-        self.infer_seconds = 0.0
+        self.infer_seconds = 0.0  # summed over the inference threads
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> MicroBatcher:
@@ -202,6 +206,7 @@ class MicroBatcher:
             "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0,
             "largest_batch": self.largest_batch,
             "infer_seconds": round(self.infer_seconds, 3),
+            "inference_threads": self.streams,
             "pending": self._pending,
         }
 
@@ -233,14 +238,25 @@ class MicroBatcher:
     def _run(self) -> None:
         if self.warmup:
             self._warm_up()
-            if self.error is None and getattr(self.classifier.backend, "streams", 1) > 1:
-                log.warning("the classifier was built for %d concurrent calls but the batcher makes one at a "
-                            "time with a share of the threads; load it with streams=1",
-                            self.classifier.backend.streams)
+        try:
+            self.streams = max(1, int(getattr(self.classifier.backend, "streams", 1)))
+        except Exception:  # the model cannot be built: the first batch reports why
+            self.streams = 1
+        helpers = [threading.Thread(target=self._serve, name=f"imclass-serve-batcher-{i}", daemon=True)
+                   for i in range(1, self.streams)]
+        for t in helpers:
+            t.start()
         self._ready.set()
+        self._serve()
+        for t in helpers:
+            t.join()
+
+    def _serve(self) -> None:
+        """One inference thread: collect a batch, run it, until the stop marker (passed on to the others)."""
         while True:
             first = self._queue.get()
             if first is _STOP:
+                self._queue.put(_STOP)
                 return
             batch = [first]
             stop = False
@@ -257,6 +273,7 @@ class MicroBatcher:
                 batch.append(item)
             self._run_batch(batch)
             if stop:
+                self._queue.put(_STOP)
                 return
 
     def _warm_up(self) -> None:
@@ -283,7 +300,7 @@ class MicroBatcher:
         try:
             t0 = time.perf_counter()
             probs = probabilities(self.classifier.logits(np.stack([it.array for it in live])), spec)
-            self.infer_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
             by_k: dict[int, list[int]] = {}
             for i, it in enumerate(live):
                 by_k.setdefault(it.top_k, []).append(i)
@@ -297,9 +314,11 @@ class MicroBatcher:
                 if not it.future.done():
                     it.future.set_exception(e)
             return
-        self.batches += 1
-        self.images += len(live)
-        self.largest_batch = max(self.largest_batch, len(live))
+        with self._stats_lock:
+            self.infer_seconds += seconds
+            self.batches += 1
+            self.images += len(live)
+            self.largest_batch = max(self.largest_batch, len(live))
 
     def _fail_queued(self, exc: Exception) -> None:
         while True:
