@@ -33,6 +33,7 @@ def default_batch_size(streams: int = 1) -> int:
     """
     return max(1, DEFAULT_BATCH_SIZE // max(1, streams))
 
+
 Decoded = tuple[str, "np.ndarray | None", "str | None"]  # (name, uint8 HWC or None, error)
 
 
