@@ -648,7 +648,7 @@ def first_photos(folder: Path, count: int) -> Path:
 
 def versions() -> str:
     """Library versions and the imclass defaults that shape (b), read in a fresh process."""
-    code = ("import torch, PIL, imclass.cli as c, imclass.classifier as k, inspect; "
+    code = ("import torch, PIL, imclass.cli as c, imclass.engine.pipeline as k, inspect; "
             "b = inspect.signature(c.predict).parameters['batch_size'].default; "
             "print(torch.__version__, PIL.__version__, torch.get_num_threads(), b, k.default_workers())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False).stdout.split()

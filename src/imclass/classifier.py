@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .engine.backends import TorchBackend, default_streams, default_threads, resolve_device
-from .engine.pipeline import default_batch_size, map_arrays, run_batches
+from .engine.backends import TorchBackend, resolve_device
+from .engine.pipeline import map_arrays, run_batches
 from .engine.sources import iter_image_paths
 from .errors import ImclassError
 from .images import source_name
@@ -120,7 +120,7 @@ class Classifier:
         return self._onnx_backend(int8=choice == "onnx-int8")
 
     def _onnx_backend(self, int8: bool):
-        from .engine.onnx_backend import OnnxBackend
+        from .engine.onnx_backend import OnnxBackend, default_streams
 
         exported = self.spec.exports.get("onnx") or {}
         key = "int8" if int8 else "fp32"
@@ -142,9 +142,8 @@ class Classifier:
             path = cached_onnx(self.model, self.spec)
             if self.spec.source == "default":
                 remember_default(self.spec, path)
-        threads = self.threads or default_threads()
-        streams = self.streams or default_streams("onnx", resolve_device(self.device), threads)
-        return OnnxBackend(path, self.spec.preprocess, threads=threads, streams=streams)
+        streams = self.streams or default_streams(resolve_device(self.device), self.threads)
+        return OnnxBackend(path, self.spec.preprocess, threads=self.threads, streams=streams)
 
     def __repr__(self) -> str:
         return (f"Classifier({self.spec.model_id}, {self.spec.num_classes} labels, "
@@ -175,16 +174,15 @@ class Classifier:
         ``batch_size``: images per model call (default: 16 shared by the backend's streams, so 8 with two).
         """
         items = _expand(images)
-        streams = self._streams()
         yield from run_batches(
             items,
             decode=self.decode,
             infer=lambda batch, names: decide(
                 probabilities(self.logits(batch), self.spec), names, self.spec, top_k, reject_unknown),
             name_of=source_name,
-            batch_size=batch_size or default_batch_size(streams),
-            workers=default_workers() if workers is None else workers,
-            infer_workers=streams,
+            batch_size=batch_size,
+            workers=workers,
+            infer_workers=self.backend.streams,
         )
 
     def predict(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
@@ -210,17 +208,11 @@ class Classifier:
             done += size
             progress(done, len(items))
 
-        streams = self._streams()
         probs, errors = map_arrays(items, lambda batch: probabilities(self.logits(batch), self.spec),
-                                   decode=self.decode, width=self.spec.num_classes,
-                                   batch_size=batch_size or default_batch_size(streams),
-                                   workers=default_workers() if workers is None else workers,
-                                   infer_workers=streams, on_batch=None if progress is None else tick)
+                                   decode=self.decode, width=self.spec.num_classes, batch_size=batch_size,
+                                   workers=workers, infer_workers=self.backend.streams,
+                                   on_batch=None if progress is None else tick)
         return (probs, errors) if return_errors else probs
-
-    def _streams(self) -> int:
-        """Concurrent model calls the backend was built for (1 for torch)."""
-        return max(1, int(getattr(self.backend, "streams", 1)))
 
 
 def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):
@@ -254,11 +246,6 @@ def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):
             spec.bundle_dir = name
             return spec, str(Path(name) / onnx_file), lambda: load_bundle(name)[0]
     return None
-
-
-def default_workers() -> int:
-    """Decode threads: as many as cores (inference threads release the GIL)."""
-    return max(2, min(8, default_threads()))
 
 
 def _expand(images: Iterable[Any] | str | os.PathLike) -> Iterable[Any]:

@@ -54,16 +54,6 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_streams(backend: str, device: str, threads: int) -> int:
-    """Concurrent model calls for streaming many images: 2 for ONNX Runtime on a CPU with 2+ threads, else 1.
-
-    Two calls of ``threads // 2`` intra-op threads beat one of ``threads`` there, because the decode
-    threads share the cores (1,000 photos on 2 cores: bench/RESULTS.md). Torch keeps one call: its
-    thread count is global to the process.
-    """
-    return 2 if backend.startswith("onnx") and device == "cpu" and threads >= 2 else 1
-
-
 class TorchBackend:
     """Eager PyTorch. Channels-last on CPU and CUDA; fp16 autocast on CUDA.
 
@@ -74,7 +64,7 @@ class TorchBackend:
     """
 
     name = "torch"
-    streams = 1
+    streams = 1  # one call at a time: torch's thread count is global to the process
 
     def __init__(self, model, preprocess, device: str = "auto", threads: int | None = None,
                  amp: bool | None = None, fold: bool = True):

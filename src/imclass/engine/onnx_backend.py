@@ -14,6 +14,15 @@ import numpy as np
 from .backends import default_threads
 
 
+def default_streams(device: str, threads: int | None = None) -> int:
+    """Concurrent calls when streaming many images: 2 on a CPU with 2+ threads (default: all cores), else 1.
+
+    Two calls of ``threads // 2`` intra-op threads beat one of ``threads`` there, because the decode
+    threads share the cores (1,000 photos on 2 cores: bench/RESULTS.md).
+    """
+    return 2 if device == "cpu" and (threads or default_threads()) >= 2 else 1
+
+
 class OnnxBackend:
     """``uint8`` NHWC batch in, float32 logits out, through an ONNX Runtime ``InferenceSession``."""
 

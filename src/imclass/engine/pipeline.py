@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ImageLoadError
 from ..prediction import Prediction
+from .backends import default_threads
 
 #: Images per model call. On 2 cores batch size barely matters for EfficientNet-Lite0 (A/B, torch
 #: backend, 1,000 photos: 16 -> 38.7 s, 8 -> 39.7 s, 32 -> 41.7 s; bench/ab.py, bench/RESULTS.md).
@@ -34,6 +35,11 @@ def default_batch_size(streams: int = 1) -> int:
     return max(1, DEFAULT_BATCH_SIZE // max(1, streams))
 
 
+def default_workers() -> int:
+    """Decode threads: as many as cores, 2 to 8 (inference threads release the GIL)."""
+    return max(2, min(8, default_threads()))
+
+
 Decoded = tuple[str, "np.ndarray | None", "str | None"]  # (name, uint8 HWC or None, error)
 
 
@@ -43,16 +49,20 @@ def run_batches(
     decode: Callable[[Any], np.ndarray],
     infer: Callable[[np.ndarray, list[str]], list[Prediction]],
     name_of: Callable[[Any], str],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
     infer_workers: int = 1,
 ) -> Iterator[list[Prediction]]:
     """Yield one list of predictions per input chunk of ``batch_size`` items, in input order.
 
     ``decode`` raises :class:`ImageLoadError` (or any exception) for unreadable items; those become
     error rows and never stop the run. ``infer_workers``: batches given to ``infer`` at once, from that
-    many threads (``infer`` must then be thread-safe).
+    many threads (``infer`` must then be thread-safe; a backend's ``streams``). ``batch_size`` defaults to
+    :func:`default_batch_size` of ``infer_workers``, ``workers`` (decode threads; 0: decode inline) to
+    :func:`default_workers`.
     """
+    batch_size = default_batch_size(infer_workers) if batch_size is None else batch_size
+    workers = default_workers() if workers is None else workers
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     if infer_workers < 1:
@@ -141,8 +151,8 @@ def map_arrays(
     *,
     decode: Callable[[Any], np.ndarray],
     width: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
     infer_workers: int = 1,
     on_batch: BatchHook | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
@@ -151,7 +161,7 @@ def map_arrays(
     Returns ``(rows, errors)``: ``rows`` has one row per item, in order (NaN where the item could not be
     decoded; ``width`` columns when nothing could), ``errors[i]`` says why. ``on_batch`` is called after
     every batch (in order, from the calling thread) with the indices that succeeded, their rows, and the
-    batch size. ``infer_workers``: as for :func:`run_batches`.
+    batch size. ``batch_size``, ``workers``, ``infer_workers``: as for :func:`run_batches`.
     """
     found: list[np.ndarray | None] = [None] * len(items)
     errors: list[str | None] = [None] * len(items)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.backends import resolve_device
-from ..engine.pipeline import default_batch_size, map_arrays
+from ..engine.pipeline import map_arrays
 from ..errors import ImclassError
 from .cache import EmbeddingCache
 
@@ -153,13 +153,11 @@ class Embedder:
                 self.backend_name == "auto" and resolve_device(self.device) == "cpu")
             if use_onnx:
                 try:
-                    from ..engine.backends import default_streams, default_threads
-                    from ..engine.onnx_backend import OnnxBackend
+                    from ..engine.onnx_backend import OnnxBackend, default_streams
                     from ..export.cache import cached_onnx
 
-                    threads = self.threads or default_threads()
                     self._run = OnnxBackend(cached_onnx(model, spec, features=True), spec.preprocess,
-                                            threads=threads, streams=default_streams("onnx", "cpu", threads))
+                                            threads=self.threads, streams=default_streams("cpu", self.threads))
                 except Exception as e:
                     if self.backend_name == "onnx":
                         raise
@@ -179,8 +177,6 @@ class Embedder:
         """Embeddings of ``items`` (paths, PIL images, bytes). With ``shas`` (content hashes), cached vectors
         are reused and new ones stored; items with the same hash are computed once. ``progress(n)`` is called
         with the number of items finished (cached ones at once)."""
-        from ..classifier import default_workers
-
         n = len(items)
         # one key per distinct content (items without a hash are their own key)
         keys: list[Any] = [shas[i] if shas is not None and shas[i] else i for i in range(n)]
@@ -206,11 +202,10 @@ class Embedder:
                 if progress is not None:
                     progress(size)
 
-            streams = max(1, int(getattr(self._runner(), "streams", 1)))
-            rows, errs = map_arrays([items[i] for i in todo], lambda b: np.asarray(self._runner()(b), np.float32),
-                                    decode=self.decode, batch_size=batch_size or default_batch_size(streams),
-                                    on_batch=store, infer_workers=streams,
-                                    workers=default_workers() if workers is None else workers)
+            run = self._runner()
+            rows, errs = map_arrays([items[i] for i in todo], lambda b: np.asarray(run(b), np.float32),
+                                    decode=self.decode, batch_size=batch_size, workers=workers,
+                                    infer_workers=run.streams, on_batch=store)
             for j, k in enumerate(todo_keys):
                 if errs[j] is None:
                     vectors_of[k] = rows[j]

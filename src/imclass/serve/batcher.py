@@ -78,7 +78,7 @@ class MicroBatcher:
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
         if decode_workers is None:
-            from ..classifier import default_workers
+            from ..engine.pipeline import default_workers
 
             decode_workers = default_workers()
         if decode_workers < 1:
@@ -239,7 +239,7 @@ class MicroBatcher:
         if self.warmup:
             self._warm_up()
         try:
-            self.streams = max(1, int(getattr(self.classifier.backend, "streams", 1)))
+            self.streams = self.classifier.backend.streams
         except Exception:  # the model cannot be built: the first batch reports why
             self.streams = 1
         helpers = [threading.Thread(target=self._serve, name=f"imclass-serve-batcher-{i}", daemon=True)
