@@ -51,26 +51,25 @@ def test_folds_a_timm_efficientnet_exactly_and_leaves_the_original_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-class ConvUsedTwice(nn.Module):
-    """The conv output feeds the BatchNorm *and* a residual: folding would change the residual."""
+class ConvBN(nn.Module):
+    """One conv and one BatchNorm; subclasses wire them in ways that must not be folded."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
         self.bn = nn.BatchNorm2d(3)
+
+
+class ConvUsedTwice(ConvBN):
+    """The conv output feeds the BatchNorm *and* a residual: folding would change the residual."""
 
     def forward(self, x):
         y = self.conv(x)
         return self.bn(y) + y
 
 
-class SharedBlock(nn.Module):
+class SharedBlock(ConvBN):
     """One conv + BN pair applied twice (shared weights)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
 
     def forward(self, x):
         return self.bn(self.conv(self.bn(self.conv(x))))
