@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart setup test lint bench clean
+.PHONY: quickstart setup test test-fast lint bench clean
 
 quickstart: setup
 	$(BIN)/imclass predict samples --top-k 3 --output samples-predictions.csv --overwrite
@@ -27,8 +27,12 @@ $(STAMP): pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
+test-fast: setup   # the inner loop: everything but the tests that start processes (marked slow)
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: setup
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/predict.py

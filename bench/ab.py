@@ -1,7 +1,7 @@
 """Interleaved A/B runs of ``imclass predict`` variants as whole processes, to settle a default.
 
     python bench/ab.py --n 1000 --rounds 3 "" "-b 32"                       # torch backend, batch 16 vs 32
-    python bench/ab.py --rounds 3 "--backend auto" "--backend auto -w 1"   # ONNX Runtime, workers 2 vs 1
+    python bench/ab.py --rounds 3 "--backend auto" "--backend auto -w 1"   # ONNX Runtime, decode threads 2 vs 1
 
 Each variant is a ``bench/predict.py`` variant of (b) (``--backend torch`` unless it names a backend;
 leading ``VAR=VALUE`` words set the environment). Rounds alternate the order of the variants, so drifting

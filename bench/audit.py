@@ -8,11 +8,12 @@ What one run does:
 1. builds a class-folder dataset of ``--n`` photos spread evenly over the real sets in ``../shared/datasets``
    (flowers5, neu_steel_defects, natural_scenes_multilabel; class = ``<set>-<label>``), copied under
    ``bench/out/audit/`` (gitignored) and reused by later runs;
-2. runs ``imclass data audit DIR --json ... [--report ...] -q`` as whole processes, each with its own
-   ``IMCLASS_CACHE_DIR`` under ``bench/out/audit/``: first with an empty cache (the feature graph is exported
-   to ONNX, every image decoded and embedded), then ``--warm`` times with that cache filled (embeddings and
-   decode-scan results are read back by content hash);
-3. reads each process's own peak RSS from ``os.wait4`` and the audit's own stage timings from its JSON;
+2. runs ``imclass data audit DIR --out REPORT -q`` (``--out RUN.json`` with ``--no-report``) as whole
+   processes, each with its own ``IMCLASS_CACHE_DIR`` under ``bench/out/audit/``: first with an empty cache
+   (the feature graph is exported to ONNX, every image decoded and embedded), then ``--warm`` times with that
+   cache filled (embeddings and decode-scan results are read back by content hash);
+3. reads each process's own peak RSS from ``os.wait4`` and the audit's own stage timings from its JSON
+   (``REPORT/audit.json``);
 4. prints a Markdown table with the cold/warm wall-time ratio. Nothing is written to ``bench/RESULTS.md``.
 
 Needs the ``data`` command group in the ``imclass`` CLI. The machine may be shared and noisy: compare the
@@ -32,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from proc import measure  # bench/ is on sys.path when run as a script
+from proc import imclass_cmd, measure  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "audit"
@@ -88,16 +89,12 @@ def run_process(cmd: list[str], log: Path, env: dict[str, str], timeout: float =
     return m.wall, m.rss_mib, m.code
 
 
-def imclass_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "imclass"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "imclass"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=5000, help="photos in the folder (default 5000)")
     ap.add_argument("--warm", type=int, default=2, help="warm runs after the cold one (median reported)")
-    ap.add_argument("--no-report", action="store_true", help="skip the HTML report (--report) in every run")
+    ap.add_argument("--no-report", action="store_true",
+                    help="skip the HTML report in every run (--out RUN.json: the findings only)")
     ap.add_argument("--extra", default="", help="more options for every audit run, e.g. '--no-label-check'")
     args = ap.parse_args()
 
@@ -109,10 +106,11 @@ def main() -> None:
     for k in range(1 + args.warm):
         kind = "cold" if k == 0 else "warm"
         tag = f"{kind}-{k}"
-        js = OUT / f"{tag}.json"
-        cmd = [*imclass_cmd(), "data", "audit", str(folder), "--json", str(js), "-q", *shlex.split(args.extra)]
-        if not args.no_report:
-            cmd += ["--report", str(OUT / f"report-{tag}")]
+        # --out: a folder gets audit.html + audit.json, a .json file only the findings
+        target = OUT / f"{tag}.json" if args.no_report else OUT / f"report-{tag}"
+        js = target if args.no_report else target / "audit.json"
+        js.unlink(missing_ok=True)  # an earlier run's findings would pass for this run's
+        cmd = [*imclass_cmd(), "data", "audit", str(folder), "--out", str(target), "-q", *shlex.split(args.extra)]
         print(f"[{tag}] {shlex.join(cmd)}", flush=True)
         wall, rss, code = run_process(cmd, OUT / f"{tag}.log", {"IMCLASS_CACHE_DIR": str(cache)})
         d = json.loads(js.read_text())
@@ -141,7 +139,7 @@ def main() -> None:
           f"{c['label_issues']} likely label errors, {c['outliers']} outliers")
     print()
     print(f"command: python bench/audit.py --n {args.n} --warm {args.warm}"
-          + (" --no-report" if args.no_report else "") + (f" --extra {shlex.quote(args.extra)}" if args.extra else ""))
+          + (" --no-report" if args.no_report else "") + (f" --extra={shlex.quote(args.extra)}" if args.extra else ""))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     from imclass.engine.onnx_backend import OnnxBackend
     from imclass.export.bundle import INT8_BASE, INT8_CANDIDATES
-    from imclass.export.onnx import quantize_int8
+    from imclass.export.quantize import quantize_int8
 
     fp32 = OUT / "lite0.fp32.onnx"
     evals, calibs = sorted(OUT.glob("eval-*.npy")), sorted(OUT.glob("calib-*.npy"))

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from imclass.engine.backends import TorchBackend
     from imclass.engine.onnx_backend import OnnxBackend
-    from imclass.export import export_onnx, quantize_int8
+    from imclass.engine.onnx_export import export_onnx
+    from imclass.export.quantize import quantize_int8
     from imclass.models import default
 
     warnings.filterwarnings("ignore")

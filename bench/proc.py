@@ -21,6 +21,12 @@ class Measured:
     first: tuple[float, int] | None = None  # (seconds after spawn, rows) when ``watch`` first had rows
 
 
+def imclass_cmd() -> list[str]:
+    """The ``imclass`` command of this interpreter's environment (``python -m imclass`` without its script)."""
+    exe = Path(sys.executable).parent / "imclass"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "imclass"]
+
+
 def measure(cmd: list[str], log: Path, *, env: dict[str, str] | None = None, timeout: float = 3600,
             watch: Path | None = None, ok: tuple[int, ...] = (0,), stdout: Path | None = None) -> Measured:
     """Run ``cmd`` to completion with stdout+stderr in ``log`` (stdout in ``stdout`` when given); exit the

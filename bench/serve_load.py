@@ -9,8 +9,7 @@ What it does, in one run (everything on 127.0.0.1, bounded in count and time, st
    the classes, sorted names: the same set every run);
 2. runs ``imclass predict <images> -o out.csv -q --overwrite`` as a subprocess, and once more on one
    image, so that its steady-state rate is (n - 1) / (wall(n) - wall(1)) (start-up excluded);
-3. starts ``python -m imclass.serve.cli MODEL --port P ...`` (the ``imclass serve`` code) as a subprocess
-   and waits for ``/readyz``;
+3. starts ``python -m imclass serve --model MODEL --port P ...`` as a subprocess and waits for ``/readyz``;
 4. from this process (a separate one), sends ``--requests`` POST /v1/predict requests (``--files`` images
    each, multipart, images reused round-robin) with httpx async at ``--concurrency``, after a short
    warm-up; stops issuing at ``--time-limit`` seconds;
@@ -87,7 +86,7 @@ def cli_labels(path: Path) -> dict[str, str]:
 
 
 def server_command(args, port: int) -> list[str]:
-    return [sys.executable, "-m", "imclass.serve.cli", args.model, "--host", HOST, "--port", str(port),
+    return [sys.executable, "-m", "imclass", "serve", "--model", args.model, "--host", HOST, "--port", str(port),
             "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu",
             *(["--streams", str(args.streams)] if args.streams else [])]
 

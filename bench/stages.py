@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> str:
 
 def _onnx_export() -> str | None:
     try:
-        from imclass.export.cache import recall_default
+        from imclass.engine.onnx_cache import recall_default
     except ImportError:
         return None
     found = recall_default()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +60,23 @@ def make_image(path: Path, size=(64, 48), color=(200, 30, 30), mode="RGB", fmt=N
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format=fmt, **save)
     return path
+
+
+_SUBPROCESS = re.compile(r"\brun_cli\(|\bsubprocess\.(run|Popen|check_output|call)\(")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that starts a process is marked ``slow`` (``make test-fast`` leaves them out)."""
+    unmarked = []
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is None or item.get_closest_marker("slow"):
+            continue
+        try:
+            source = inspect.getsource(fn)
+        except (OSError, TypeError):
+            continue
+        if _SUBPROCESS.search(source):
+            unmarked.append(item.nodeid)
+    if unmarked:
+        raise pytest.UsageError("tests that start a process must be marked slow: " + ", ".join(unmarked))

@@ -148,11 +148,30 @@ def test_label_check_multi_label_finds_missing_labels():
     assert len(res.issues) <= 10
 
 
-def test_label_check_groups_duplicates_within_one_fold():
+def test_label_check_groups_duplicates_within_one_fold(monkeypatch):
+    """Every duplicate group is held out whole in one fold (a copy cannot vouch for its own label)."""
+    from imclass.data import label_issues
+
     _, y, x = _blobs(20, 2, 32, 5.0)
-    groups = np.arange(len(y)) // 4  # groups of 4 rows
+    groups = np.random.default_rng(0).permutation(np.arange(len(y)) // 4)  # groups of 4 rows, scattered
+    seen = []
+    real = label_issues.out_of_fold_logits
+
+    def spy(x_, y_, folds, **kw):
+        seen.append(folds)
+        return real(x_, y_, folds, **kw)
+
+    monkeypatch.setattr(label_issues, "out_of_fold_logits", spy)
     res = check_labels(x, y, groups, multi_label=False, n_classes=2, folds=3)
-    assert res.folds == 3
+    assert res.folds == 3 and len(seen) == 1 and len(seen[0]) == 3
+    held = [set(h.tolist()) for _, h in seen[0]]
+    assert sorted(i for h in held for i in h) == list(range(len(y)))  # a partition of every row
+    for g in np.unique(groups):
+        members = set(np.flatnonzero(groups == g).tolist())
+        assert sum(bool(members & h) for h in held) == 1, g  # the whole group in exactly one fold
+        assert any(members <= h for h in held)
+    for fit, h in seen[0]:
+        assert not set(fit.tolist()) & set(h.tolist())
 
 
 def test_label_check_skips_single_image_classes():

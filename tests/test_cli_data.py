@@ -9,7 +9,7 @@ import pytest
 import typer
 
 from conftest import run_cli
-from imclass.cli_data import register
+from imclass.cli.data import register
 from imclass.data import load_dataset
 from imclass.errors import ImclassError
 from synthetic_datasets import make_clean, plant_faults
@@ -133,7 +133,7 @@ def test_clean_split_resize_end_to_end(faulty, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (("audit", "/nonexistent/folder", "--no-embeddings"), "no such file"),
-    (("clean", "{data}", "--out", "{tmp}/o", "--drop", "typos"), "unknown --drop"),
+    (("clean", "{data}", "--out", "{tmp}/o", "--drop", "typos"), "--drop has unknown choices typos"),
     (("split", "{data}", "--out", "{tmp}/o", "--val", "0.6", "--test", "0.5"), "fractions"),
     (("resize", "{data}", "--out", "{tmp}/o", "--size", "16", "--crop", "32"), "crop"),
     (("clean", "{data}", "--out", "{data}"), "own folder"),

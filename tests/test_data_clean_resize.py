@@ -14,6 +14,7 @@ from PIL import Image
 from imclass.data import DatasetError, clean, load_dataset, resize
 from imclass.data.clean import parse_drop
 from imclass.data.resize import is_complete
+from imclass.errors import ParameterError
 from synthetic_datasets import make_clean, photo, plant_faults, save
 
 
@@ -86,7 +87,7 @@ def test_clean_refuses_unsafe_targets(faulty, tmp_path):
     (busy / "x.txt").write_text("x")
     with pytest.raises(DatasetError, match="not empty"):
         clean(root, busy, embeddings=False, cache=False)
-    with pytest.raises(DatasetError, match="unknown --drop"):
+    with pytest.raises(ParameterError, match="drop has unknown choices typos"):
         parse_drop("corrupt,typos")
     assert parse_drop("all")[0] == "corrupt" and parse_drop("label_errors") == ("label-errors",)
 
@@ -175,5 +176,5 @@ def test_resize_refuses_to_overwrite_originals(tmp_path):
     save(photo(1), tmp_path / "a" / "x.jpg")
     with pytest.raises(DatasetError):
         resize(tmp_path, tmp_path, size=16)
-    with pytest.raises(DatasetError, match="crop"):
+    with pytest.raises(ParameterError, match="crop must be between 1 and size"):
         resize(tmp_path, tmp_path / "o", size=16, crop=20)

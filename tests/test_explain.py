@@ -46,7 +46,7 @@ def test_gradcam_follows_the_requested_label(default_clf):
         q = _quadrant_means(e.heatmap)
         assert max(q, key=q.get) == where, q
         assert 0.0 < e.score < 1.0
-    assert cat.overlay.shape == (224, 224, 3) and cat.overlay.dtype == np.uint8
+    assert cat.overlay.shape == (256, 256, 3) and cat.overlay.dtype == np.uint8  # on the whole picture
 
 
 @pytest.mark.parametrize("corner", [(28, 40), (140, 120), (30, 150)])
@@ -82,16 +82,38 @@ def test_bad_images_become_error_rows_and_overlays_are_written(default_clf, tmp_
     written = save_overlays(exps + exps[:1], tmp_path / "cams")
     assert written[1] is None and written[2] is None
     assert written[0].name == "square_gradcam++.png" and written[3].name == "square_gradcam++_2.png"
-    with Image.open(written[0]) as im:
-        assert im.size == (224, 224) and im.mode == "RGB"
+    with Image.open(written[0]) as im:  # drawn on the photo the user gave, at its own size
+        assert im.size == (96, 80) and im.mode == "RGB"
+    (crop,) = explain(default_clf, [str(good)], method="gradcam++", overlay="crop")
+    assert crop.overlay.shape == (224, 224, 3)
+
+
+def test_overlay_maps_back_onto_the_original_photo(default_clf, tmp_path):
+    """A wide photo: the overlay has the photo's size, the centre crop carries the heat and the sides the
+    model never saw are shaded (grey-ish, no heat colour); written in chunks with the arrays dropped."""
+    photo = Image.open(SAMPLES / "cat.jpg").convert("RGB")
+    wide = Image.new("RGB", (photo.width * 2, photo.height), (200, 30, 30))  # saturated red margins
+    wide.paste(photo, (photo.width // 2, 0))
+    src = tmp_path / "wide.png"
+    wide.save(src)
+    (e,) = explain(default_clf, [str(src)], method="gradcam", out=tmp_path / "cams")
+    assert e.overlay is None and e.image is None and e.heatmap is not None  # written, then dropped
+    with Image.open(e.overlay_path) as im:
+        assert im.size == wide.size
+        arr = np.asarray(im).astype(int)
+    left, top, right, bottom = default_clf.spec.preprocess.crop_box(*wide.size)
+    outside = arr[:, : int(left) - 2]
+    assert outside.size and np.abs(outside - outside.mean(axis=2, keepdims=True)).mean() < 40  # washed out
+    inside = arr[int(top) + 2:int(bottom) - 2, int(left) + 2:int(right) - 2]
+    assert inside.std() > outside.std()
 
 
 def test_usage_errors(default_clf):
     with pytest.raises(ImclassError, match="unknown target label 'no such thing'"):
         explain(default_clf, [str(SAMPLES / "cat.jpg")], target="no such thing")
-    with pytest.raises(ImclassError, match="unknown CAM method"):
+    with pytest.raises(ImclassError, match="method must be one of"):
         explain(default_clf, [str(SAMPLES / "cat.jpg")], method="magic")
-    with pytest.raises(ImclassError, match="2 targets for 1 images"):
+    with pytest.raises(ImclassError, match="target has 2 entries for 1 images"):
         explain(default_clf, [str(SAMPLES / "cat.jpg")], target=["tabby", "espresso"])
     assert method_name("GradCAM-PlusPlus") == "gradcam++" and method_name("Score_CAM") == "scorecam"
 

@@ -153,7 +153,7 @@ def test_int8_static_quantisation_runs_and_shrinks_the_model(model, fp32, tmp_pa
 
 
 def test_calibration_runs_a_few_images_at_a_time_whatever_the_batches(fp32, tmp_path, monkeypatch):
-    from imclass.export import onnx as onnx_mod
+    from imclass.export import quantize as onnx_mod
 
     seen: list[int] = []
     real = onnx_mod._BatchReader.get_next

@@ -97,6 +97,7 @@ def test_interrupted_run_keeps_finished_batches(timm_folder, images, tmp_path):
     assert done.computed == len(paths) - 4 and cache.count(emb.key) == len(paths)
 
 
+@pytest.mark.slow
 def test_concurrent_processes_share_one_cache(timm_folder, images, tmp_path):
     _, path = timm_folder
     root, _ = images

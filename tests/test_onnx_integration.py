@@ -15,11 +15,11 @@ from PIL import Image
 
 from conftest import SAMPLES, run_cli
 from imclass.classifier import Classifier
+from imclass.engine.onnx_cache import ExportError
+from imclass.engine.onnx_export import read_metadata
 from imclass.errors import ImclassError
 from imclass.export import bundle as export_mod
 from imclass.export.bundle import export_bundle
-from imclass.export.cache import ExportError
-from imclass.export.onnx import read_metadata
 from imclass.models.spec import ModelSpec
 from imclass.preprocess import Preprocess
 

@@ -131,7 +131,7 @@ def test_split_choice_and_fallbacks(workspace, tmp_path):
     assert res.metrics["split"] == "test" and res.metrics["n_images"] == 6
     res = evaluate(bundle, str(tt), split="all", backend="torch")
     assert res.metrics["n_images"] == 12 and "training images" in " ".join(res.metrics["warnings"])
-    with pytest.raises(ImclassError, match="no 'test' images"):
+    with pytest.raises(ImclassError, match="split 'test' selects no images"):
         evaluate(bundle, str(workspace["data"]), split="test", backend="torch")
 
 
@@ -208,22 +208,34 @@ def test_compare_side_by_side(workspace):
 
 @pytest.mark.slow
 def test_cli_evaluate(workspace, tmp_path):
-    rep, js = tmp_path / "rep", tmp_path / "m.json"
-    r = run_cli("evaluate", str(workspace["bundle"]), str(workspace["data"]), "--report", str(rep),
-                "--json", str(js), "--predictions", str(tmp_path / "p.csv"), "--backend", "torch")
+    rep = tmp_path / "rep"
+    r = run_cli("evaluate", str(workspace["data"]), "-m", str(workspace["bundle"]), "--out", str(rep),
+                "--predictions", str(tmp_path / "p.csv"), "--backend", "torch")
     assert r.returncode == 2, r.stderr  # finished, one unreadable image
-    assert "accuracy" in r.stdout and "1 image could not be read" in r.stderr
-    assert set(json.loads(js.read_text())) == SINGLE_KEYS
-    assert (rep / "report.html").is_file() and (tmp_path / "p.csv").is_file()
-    r = run_cli("evaluate", str(workspace["bundle"]), str(workspace["data"]), "--json", "-", "--split", "all",
+    assert "accuracy" in r.stdout and "1 image could not be read" in r.stderr and "deprecated" not in r.stderr
+    assert set(json.loads((rep / "metrics.json").read_text())) == SINGLE_KEYS
+    assert (rep / "report.html").is_file() and (rep / "predictions.csv").is_file() and (tmp_path / "p.csv").is_file()
+    r = run_cli("evaluate", str(workspace["data"]), "--model", str(workspace["bundle"]), "--json", "--split", "all",
                 "--backend", "torch", "--unknown-threshold", "0.99")
     doc = json.loads(r.stdout)
     assert r.returncode == 2 and doc["n_images"] == 31 and doc["rejection"]["rejected"] == doc["n_evaluated"] == 30
-    r = run_cli("evaluate", str(workspace["bundle"]), str(workspace["data"]), "--split", "holdout")
+    js = tmp_path / "only.json"
+    r = run_cli("evaluate", str(workspace["data"]), "-m", str(workspace["bundle"]), "-o", str(js), "-q",
+                "--unknown-threshold", "0.6")
+    assert r.returncode == 2 and set(json.loads(js.read_text())) == SINGLE_KEYS
+    doc = json.loads(js.read_text())
+    assert doc["rejection"]["threshold"] == 0.6
+    assert "coverage" in r.stdout and "accuracy_all_images" in r.stdout  # the headline with its coverage
+    assert "is on the" in r.stdout and "of images the model accepted" in r.stdout
+    r = run_cli("evaluate", str(workspace["data"]), "-m", str(workspace["bundle"]), "--split", "holdout")
     assert r.returncode == 1 and "holdout" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("evaluate", "default", str(workspace["data"]))
+    r = run_cli("evaluate", str(workspace["data"]))  # the default model: these classes are not ImageNet's
     assert r.returncode == 1 and "'blue'" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    old = tmp_path / "old.json"  # the previous grammar: evaluate MODEL DATA --json FILE
+    r = run_cli("evaluate", str(workspace["bundle"]), str(workspace["data"]), "--json", str(old), "-q")
+    assert r.returncode == 2 and set(json.loads(old.read_text())) == SINGLE_KEYS
+    assert "the positional MODEL is deprecated" in r.stderr and "--json FILE is deprecated" in r.stderr
     r = run_cli("evaluate", "--help")
     assert r.returncode == 0 and "Example: imclass evaluate" in r.stdout
 
@@ -233,17 +245,18 @@ def test_cli_compare(workspace, tmp_path):
     data = tmp_path / "clean"
     shutil.copytree(workspace["data"], data)
     (data / "val" / "red" / "broken.jpg").unlink()
-    r = run_cli("compare", str(workspace["bundle"]), str(workspace["bundle2"]), "--data", str(data),
-                "--json", "-", "--backend", "torch")
+    r = run_cli("compare", str(data), "-m", str(workspace["bundle"]), "-m", str(workspace["bundle2"]),
+                "--json", "--backend", "torch", "-o", str(tmp_path / "cmp.json"))
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
+    assert doc == json.loads((tmp_path / "cmp.json").read_text())
     assert doc["models"] == [str(workspace["bundle"]), str(workspace["bundle2"])] and doc["split"] == "val"
     assert all(0.0 <= v["accuracy"] <= 1.0 and v["n_evaluated"] == 15 for v in doc["metrics"].values())
     r = run_cli("compare", str(workspace["bundle"]), str(workspace["bundle2"]), "--data", str(data),
-                "--backend", "torch")
-    assert r.returncode == 0 and "balanced_accuracy" in r.stdout
-    r = run_cli("compare", str(workspace["bundle"]))
-    assert r.returncode == 1 and "--data" in r.stderr
+                "--backend", "torch")  # the previous grammar
+    assert r.returncode == 0 and "balanced_accuracy" in r.stdout and "deprecated" in r.stderr
+    r = run_cli("compare", str(data))
+    assert r.returncode == 1 and "--model" in r.stderr
 
 
 # ---- real data ---------------------------------------------------------------------------------------

@@ -1,14 +1,20 @@
-"""``imclass serve``: a real uvicorn server on a free loopback port, driven over HTTP by httpx.
+"""``imclass serve``: a real uvicorn server on a loopback port the OS picks, driven over HTTP by httpx.
 
-Most tests use a tiny random timm model (fast); one uses the default model on real photos. The
-graceful-shutdown test runs ``python -m imclass.serve.cli`` in a subprocess and sends it SIGTERM.
+Most tests use a tiny random timm model (fast); one uses the default model on real photos. The slow ones
+start ``python -m imclass serve`` in a subprocess (the port comes from its "listening on" log line) and send
+it SIGTERM with requests in flight. Nothing here waits for a clock: batches close on ``max_batch`` (or the
+stop marker) with ``max_wait_ms`` far out of reach, and the tests wait on events, log lines and states.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import logging
 import os
+import queue
+import re
 import signal
 import socket
 import struct
@@ -29,18 +35,21 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from imclass.classifier import Classifier  # noqa: E402
-from imclass.errors import ImclassError  # noqa: E402
+from imclass.errors import ParameterError  # noqa: E402
 from imclass.models.spec import ModelSpec  # noqa: E402
 from imclass.preprocess import Preprocess  # noqa: E402
-from imclass.serve import create_app  # noqa: E402
+from imclass.serve import ServeSettings, create_app, run_server  # noqa: E402
 from imclass.serve.batcher import MicroBatcher, Overloaded, ShuttingDown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 LABELS = ["cat", "dog", "owl"]
-MAX_BODY = 2 * 1024 * 1024
+MAX_BODY_MB = 2
+MAX_BODY = MAX_BODY_MB * 1024 * 1024
 MAX_FILES = 4
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
+NEVER_MS = 600_000  # a max_wait_ms no test reaches: batches close on max_batch or on the stop marker
+STARTUP_S = 120  # generous: only ever waited in full when something is broken
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -62,36 +71,35 @@ def tiny_classifier() -> Classifier:
     return Classifier(model, spec, device="cpu", threads=1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
-    """uvicorn serving ``app`` in a thread on 127.0.0.1:<free port>, with lifespan events."""
+    """uvicorn serving ``app`` in a thread on 127.0.0.1, on a port the OS picks, with lifespan events.
+
+    The port is read from uvicorn's own socket once it listens (no port is picked and released first);
+    when ``app`` is :func:`create_app`'s, entering also waits for its model to be warmed up.
+    """
 
     def __init__(self, app):
         import uvicorn
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, log_level="warning",
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, log_level="warning",
                                 access_log=False, lifespan="on", timeout_graceful_shutdown=10)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="live-server")
+        self.batcher = getattr(app.state, "batcher", None)
+        self.url = ""
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("server did not become ready")
+        deadline = time.monotonic() + STARTUP_S
+        while not self.server.started:  # uvicorn has no event for "listening": a readiness wait
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        if self.batcher is not None:
+            assert self.batcher.wait_ready(STARTUP_S), self.batcher.error
+        return self
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
@@ -132,7 +140,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    app = create_app(tiny, max_batch=8, max_wait_ms=10, max_body_bytes=MAX_BODY, max_files=MAX_FILES)
+    app = create_app(tiny, max_batch=8, max_wait_ms=10, max_body_mb=MAX_BODY_MB, max_files=MAX_FILES)
     with LiveServer(app) as s:
         yield s
 
@@ -188,9 +196,11 @@ def test_multipart_several_files_in_order(client, tiny):
     r = client.post("/v1/predict", params={"top_k": 2}, files=files(*blobs))
     assert r.status_code == 200, r.text
     body = r.json()
+    assert set(body) == {"model", "request_id", "predictions"}  # `detail` only when no image was classified
     assert body["model"] == "timm:test_efficientnet"
     assert body["request_id"] == r.headers["x-request-id"]
     preds = body["predictions"]
+    assert all(set(p) == {"filename", "label", "score", "error", "topk", "status"} for p in preds)  # no `labels`
     assert [p["filename"] for p in preds] == ["img0.jpg", "img1.jpg", "img2.jpg"]
     direct = tiny.predict([data for _, data in blobs], top_k=2)
     for p, d in zip(preds, direct):
@@ -217,6 +227,20 @@ def test_top_k_default_clamp_and_validation(client):
     for bad in ("0", "-1", "abc"):
         r = client.post("/v1/predict", params={"top_k": bad}, content=jpeg(), headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 422
+    # the query is checked before the body is read
+    r = client.post("/v1/predict", params={"top_k": 0}, content=b"hello", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "top_k"]
+
+
+def test_multi_label_results_carry_labels(tiny):
+    from fastapi.testclient import TestClient
+
+    spec = dataclasses.replace(tiny.spec, task="multi_label", label_thresholds=[0.0, 0.0, 1.1])
+    with TestClient(create_app(Classifier(tiny.model, spec, device="cpu", threads=1))) as c:
+        r = c.post("/v1/predict", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    p = r.json()["predictions"][0]
+    assert sorted(p["labels"]) == ["cat", "dog"] and sorted(p["label"].split(";")) == ["cat", "dog"]
 
 
 def test_model_info(client):
@@ -243,22 +267,59 @@ def test_health_ready_docs(client):
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "image/*" in body
     assert {"/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])
+    models = {path: spec["paths"][path]["get" if path != "/v1/predict" else "post"]["responses"]["200"]["content"]
+              ["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+              for path in ("/v1/predict", "/v1/model", "/healthz", "/readyz")}
+    assert models == {"/v1/predict": "PredictResponse", "/v1/model": "ModelInfo", "/healthz": "Health",
+                      "/readyz": "Readiness"}
+    assert set(h.json()) == set(spec["components"]["schemas"]["Health"]["properties"])
 
 
-def test_request_id_echoed_or_generated_and_access_log(client, caplog):
-    with caplog.at_level("INFO", logger="imclass.serve.access"):
-        r = client.post("/v1/predict", files=files(("a.jpg", jpeg()), ("b.jpg", jpeg())),
-                        headers={"X-Request-ID": "req-42"})
-        g = client.get("/healthz")
-        bad = client.get("/healthz", headers={"X-Request-ID": "no spaces or \x7f allowed"})
+class _AccessLog(logging.Handler):
+    """Collects the access-log records; :meth:`wait_for` blocks until a request's line was written (the
+    middleware writes it after the response went out, so the client can be first)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: dict[str, dict] = {}
+        self.cond = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = json.loads(record.getMessage())
+        with self.cond:
+            self.records[line["request_id"]] = line
+            self.cond.notify_all()
+
+    def wait_for(self, request_id: str, timeout: float = 30) -> dict:
+        with self.cond:
+            assert self.cond.wait_for(lambda: request_id in self.records, timeout), request_id
+            return self.records[request_id]
+
+
+@pytest.fixture
+def access_log():
+    logger = logging.getLogger("imclass.serve.access")
+    handler, level = _AccessLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_request_id_echoed_or_generated_and_access_log(client, access_log):
+    r = client.post("/v1/predict", files=files(("a.jpg", jpeg()), ("b.jpg", jpeg())),
+                    headers={"X-Request-ID": "req-42"})
+    g = client.get("/healthz")
+    bad = client.get("/healthz", headers={"X-Request-ID": "no spaces or \x7f allowed"})
     assert r.headers["x-request-id"] == "req-42" and r.json()["request_id"] == "req-42"
     assert len(g.headers["x-request-id"]) == 32
     assert bad.headers["x-request-id"] != "no spaces or \x7f allowed"
-    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "imclass.serve.access"]
-    mine = next(x for x in lines if x["request_id"] == "req-42")
+    mine = access_log.wait_for("req-42")
     assert mine["method"] == "POST" and mine["path"] == "/v1/predict" and mine["status"] == 200
     assert mine["n_images"] == 2 and mine["duration_ms"] > 0
     assert {"ts", "client"} <= set(mine)
+    assert access_log.wait_for(bad.headers["x-request-id"])["path"] == "/healthz"
 
 
 # ---- every bad input gets its own status, never a 500 -------------------------------------------------------
@@ -330,6 +391,15 @@ def test_oversize_body_is_413(client):
 
     r = client.post("/v1/predict", content=chunks(), headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 413
+
+    def multipart_chunks():  # the same for a multipart upload
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\n\r\n'
+        yield from chunks()
+        yield b"\r\n--b--\r\n"
+
+    r = client.post("/v1/predict", content=multipart_chunks(),
+                    headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
     assert client.get("/healthz").status_code == 200  # and the server is fine afterwards
 
 
@@ -356,23 +426,31 @@ def test_empty_and_unsupported_requests(client):
         assert r.status_code == 415 and "unsupported Content-Type" in r.json()["detail"]
     r = client.post("/v1/predict", content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data"})
     assert r.status_code == 400  # no boundary
+    for form in ({"note": (None, b"x" * 70_000)}, [(f"n{i}", (None, b"x")) for i in range(40)]):
+        r = client.post("/v1/predict", files=form)  # a long text field, too many text fields
+        assert r.status_code == 400 and "malformed multipart body" in r.json()["detail"]
+    r = client.post("/v1/predict", content=b"\x00--b--", headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 400
     assert client.get("/v1/predict").status_code == 405
 
 
 # ---- micro-batching ------------------------------------------------------------------------------------------
 
 def test_concurrent_requests_are_batched_and_routed_back(tiny):
-    app = create_app(tiny, max_batch=16, max_wait_ms=300)
-    blobs = [jpeg(color=(15 * i, 255 - 15 * i, (70 * i) % 256), size=(64 + i, 48 + i)) for i in range(12)]
+    n = 12
+    # one inference thread (tiny has 1 CPU thread: one stream) whose batch closes when it holds all n images
+    app = create_app(tiny, max_batch=n, max_wait_ms=NEVER_MS)
+    blobs = [jpeg(color=(15 * i, 255 - 15 * i, (70 * i) % 256), size=(64 + i, 48 + i)) for i in range(n)]
     direct = tiny.predict(blobs, top_k=3)
-    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
         before = c.get("/healthz").json()
+        assert before["inference_threads"] == 1
 
         def post(i: int):
             return c.post("/v1/predict", params={"top_k": 3}, files=files((f"{i}.jpg", blobs[i])))
 
-        with ThreadPoolExecutor(len(blobs)) as pool:
-            responses = list(pool.map(post, range(len(blobs))))
+        with ThreadPoolExecutor(n) as pool:
+            responses = list(pool.map(post, range(n)))
         after = c.get("/healthz").json()
     for i, r in enumerate(responses):
         assert r.status_code == 200
@@ -380,26 +458,25 @@ def test_concurrent_requests_are_batched_and_routed_back(tiny):
         assert p["filename"] == f"{i}.jpg"
         assert p["label"] == direct[i].label
         assert [t["score"] for t in p["topk"]] == pytest.approx([s for _, s in direct[i].topk], abs=1e-5)
-    assert after["images"] - before["images"] == len(blobs)
-    assert after["largest_batch"] >= 2  # several requests shared one model call
-    assert after["batches"] - before["batches"] < len(blobs)
+    assert after["images"] - before["images"] == n
+    assert after["batches"] - before["batches"] == 1 and after["largest_batch"] == n  # n requests, one model call
 
 
 def test_batcher_admission_and_drain(tiny):
-    b = MicroBatcher(tiny, max_batch=4, max_wait_ms=50, max_pending=3, decode_workers=1).start()
-    assert b.wait_ready(30)
+    b = MicroBatcher(tiny, max_batch=4, max_wait_ms=NEVER_MS, max_pending=3, decode_workers=1).start()
+    assert b.wait_ready(STARTUP_S)
     b.admit(2)
     with pytest.raises(Overloaded):
         b.admit(2)
     b.release(2)
     arr = np.zeros((64, 64, 3), dtype=np.uint8)
-    futures = [b.submit(arr, f"x{i}", top_k=2) for i in range(6)]
+    futures = [b.submit(arr, f"x{i}", top_k=2) for i in range(6)]  # a batch of 4, then 2 waiting for more
     bad = b.submit_bytes(b"not an image", "bad")
-    b.close()  # finishes everything already queued
+    b.close()  # finishes everything already queued: the stop marker closes the second batch
     assert [f.result(0).path for f in futures] == [f"x{i}" for i in range(6)]
     assert all(f.result(0).label in LABELS for f in futures)
     assert "not an image" in bad.result(0).error
-    assert b.largest_batch == 4
+    assert (b.batches, b.largest_batch) == (2, 4)
     with pytest.raises(ShuttingDown):
         b.admit(1)
     with pytest.raises(ShuttingDown):
@@ -407,21 +484,22 @@ def test_batcher_admission_and_drain(tiny):
 
 
 def test_batcher_runs_one_inference_thread_per_stream(tiny):
-    two = Classifier(tiny.model, tiny.spec, device="cpu", threads=2)  # ONNX Runtime on CPU: 2 streams
-    barrier = threading.Barrier(2, timeout=20)  # only passes when two batches are in the model at once
+    two = Classifier(tiny.model, tiny.spec, device="cpu", threads=2, streams=2)
+    barrier = threading.Barrier(2, timeout=60)  # only passes when two batches are in the model at once
     real = two.logits
 
     def logits(batch):
         barrier.wait()
         return real(batch)
 
-    b = MicroBatcher(two, max_batch=2, max_wait_ms=200, decode_workers=1, warmup=True)
+    b = MicroBatcher(two, max_batch=2, max_wait_ms=NEVER_MS, decode_workers=1, warmup=True)
     b.start()
-    assert b.wait_ready(60)
+    assert b.wait_ready(STARTUP_S)
+    assert b.streams == 2 and b.device == "cpu"
     two.logits = logits  # after the warm-up (one call, which would wait alone)
     arr = np.zeros((64, 64, 3), dtype=np.uint8)
-    futures = [b.submit(arr + i, f"x{i}", top_k=2) for i in range(4)]
-    results = [f.result(30) for f in futures]
+    futures = [b.submit(arr + i, f"x{i}", top_k=2) for i in range(4)]  # each thread closes a batch at 2
+    results = [f.result(60) for f in futures]
     assert [r.path for r in results] == [f"x{i}" for i in range(4)] and all(r.label in LABELS for r in results)
     assert b.stats()["inference_threads"] == 2 and b.batches == 2
     two.logits = real
@@ -443,6 +521,7 @@ def test_api_key(tiny, client):
             assert r.status_code == 401, headers
             assert r.headers["www-authenticate"] == "Bearer"
         assert c.get("/v1/model").status_code == 401
+        assert c.post("/v1/predict", content=b"x", headers={"Content-Type": "text/plain"}).status_code == 401
         assert c.post("/v1/predict", files=up, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.post("/v1/predict", files=up, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/v1/model", headers={"X-API-Key": "s3cret"}).status_code == 200
@@ -463,94 +542,160 @@ def test_create_app_mounted_in_another_app(tiny):
     def root():
         return {"hello": "world"}
 
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=port, log_config=None, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with httpx.Client(base_url=url, timeout=30) as c:
-            assert c.get("/").json() == {"hello": "world"}
-            r = c.post("/ml/v1/predict", files=files(("a.jpg", jpeg())))
-            assert r.status_code == 200 and r.json()["predictions"][0]["label"] in LABELS
-            assert c.get("/ml/readyz").status_code == 200
-    finally:
-        server.should_exit = True
-        t.join(30)
+    with LiveServer(outer) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.get("/").json() == {"hello": "world"}
+        r = c.post("/ml/v1/predict", files=files(("a.jpg", jpeg())))  # waits for the warm-up
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"] in LABELS
+        assert c.get("/ml/readyz").status_code == 200
 
 
-# ---- the command: a subprocess, SIGTERM with requests in flight -------------------------------------------------
+# ---- settings ------------------------------------------------------------------------------------------------
 
-def test_serve_command_validates_options():
-    from imclass.serve.cli import serve_command
+def test_settings_and_run_server_validate_before_loading_anything():
+    with pytest.raises(ParameterError, match="port"):
+        run_server("no-such-model", port=70000)
+    with pytest.raises(ParameterError, match="streams"):
+        run_server("no-such-model", streams=0)
+    with pytest.raises(ParameterError, match="max_batch"):
+        ServeSettings(max_batch=0)
+    with pytest.raises(ParameterError, match="max_body_mb"):
+        ServeSettings().replace(max_body_mb=0)
 
-    with pytest.raises(ImclassError, match="--port"):
-        serve_command("default", port=70000)
-    with pytest.raises(ImclassError, match="--max-batch"):
-        serve_command("default", max_batch=0)
-    with pytest.raises(ImclassError, match="--streams"):
-        serve_command("default", streams=0)
+
+def test_create_app_takes_settings_and_overrides(tiny):
+    app = create_app(tiny, ServeSettings(max_files=3, max_batch=4), max_batch=2)
+    assert app.state.settings == ServeSettings(max_files=3, max_batch=2)
+    assert app.state.batcher.max_batch == 2
 
 
-def test_cli_process_logs_json_and_drains_in_flight_requests_on_sigterm(tiny, tmp_path):
-    bundle = tiny.save(tmp_path / "bundle")
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # max-wait 3 s: the requests below sit in the batcher when SIGTERM arrives
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imclass.serve.cli", str(bundle), "--port", str(port), "--device", "cpu",
-         "--threads", "1", "--max-batch", "64", "--max-wait-ms", "3000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
+# ---- the command: ``imclass serve`` in a subprocess -------------------------------------------------------------
+
+class ServeProcess:
+    """``python -m imclass serve ARGS``; its stderr (one JSON log record per line) is read by a thread."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "imclass", "serve", *args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self._new: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="serve-stderr")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._new.put(line)
+        self._new.put(None)
+
+    def wait_for_log(self, pattern: str, timeout: float = STARTUP_S) -> re.Match:
+        """The first match of ``pattern`` in a log record's ``msg`` not read yet (blocks until it is logged)."""
+        deadline = time.monotonic() + timeout
         while True:
-            assert proc.poll() is None, proc.communicate()[1]
             try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
-        assert httpx.get(url + "/v1/model").json()["labels"] == LABELS
+                line = self._new.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.lines)) from None
+            if line is None:
+                raise AssertionError(f"the server exited ({self.proc.wait()}) before logging {pattern!r}:\n"
+                                     + "\n".join(self.lines))
+            m = re.search(pattern, json.loads(line).get("msg", "")) if line.startswith("{") else None
+            if m:
+                return m
+
+    def finish(self, timeout: float = 60) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _post_raw_until_100_continue(port: int, body: bytes, request_id: str) -> socket.socket:
+    """Send a request's headers with ``Expect: 100-continue`` and return once the server answered
+    ``100 Continue``, i.e. once the app is reading this request's body: the request is in flight."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall((f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
+                  f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nX-Request-ID: {request_id}\r\n"
+                  "Connection: close\r\n\r\n").encode())
+    interim = b""
+    while b"\r\n\r\n" not in interim:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed before 100 Continue"
+        interim += chunk
+    assert interim.startswith(b"HTTP/1.1 100 "), interim
+    return sock
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict]:
+    data = b""
+    while chunk := sock.recv(65536):  # Connection: close -> the server closes after the response
+        data += chunk
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.mark.slow
+def test_imclass_serve_drains_in_flight_requests_on_sigterm(tiny, tmp_path):
+    bundle = tiny.save(tmp_path / "bundle")
+    n = 6
+    # one inference thread whose batches close only when they hold n images: the requests below stay in
+    # flight until the last one's body arrives, which the test sends after the server began shutting down
+    srv = ServeProcess("--model", str(bundle), "--port", "0", "--device", "cpu", "--log-level", "info",
+                       "--threads", "1", "--streams", "1", "--max-batch", str(n), "--max-wait-ms", str(NEVER_MS))
+    try:
+        port = int(srv.wait_for_log(r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP_S
+        while (ready := httpx.get(url + "/readyz", timeout=30)).status_code != 200:  # warming up: 503
+            assert ready.json()["status"] == "starting" and time.monotonic() < deadline, ready.text
+            time.sleep(0.05)
+        assert httpx.get(url + "/v1/model", timeout=30).json()["labels"] == LABELS
+        first = httpx.post(url + "/v1/predict", files=files(*[(f"{i}.jpg", jpeg()) for i in range(n)]), timeout=60)
+        assert first.status_code == 200 and [p["label"] in LABELS for p in first.json()["predictions"]] == [True] * n
 
         def post(i: int):
             return httpx.post(url + "/v1/predict", files=files((f"{i}.jpg", jpeg(color=(30 * i, 90, 10)))),
-                              headers={"X-Request-ID": f"drain-{i}"}, timeout=30)
+                              headers={"X-Request-ID": f"drain-{i}"}, timeout=60)
 
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(post, i) for i in range(6)]
-            deadline = time.monotonic() + 20
-            while httpx.get(url + "/healthz").json()["pending"] < 6:  # all admitted, waiting in the batcher
+        with ThreadPoolExecutor(n - 1) as pool:
+            futures = [pool.submit(post, i) for i in range(n - 1)]
+            deadline = time.monotonic() + STARTUP_S
+            while httpx.get(url + "/healthz", timeout=30).json()["pending"] < n - 1:  # admitted, in the batcher
                 assert time.monotonic() < deadline and not any(f.done() for f in futures)
                 time.sleep(0.02)
-            proc.send_signal(signal.SIGTERM)
+            last_image = jpeg(color=(0, 90, 200))
+            last = _post_raw_until_100_continue(port, last_image, f"drain-{n - 1}")
+            assert not any(f.done() for f in futures)  # the batch cannot close before the last image
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.wait_for_log(r"^Shutting down$")  # uvicorn stopped accepting; in-flight requests go on
+            last.sendall(last_image)
             responses = [f.result() for f in futures]
-        _, err = proc.communicate(timeout=30)
+            last_status, last_body = _read_response(last)
+        rc = srv.finish()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert [r.status_code for r in responses] == [200] * 6
+        srv.kill()
+    assert [r.status_code for r in responses] == [200] * (n - 1) and last_status == 200
     assert all(r.json()["predictions"][0]["label"] in LABELS for r in responses)
-    assert proc.returncode == 0, err
-    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert len(records) == len(err.splitlines())  # every log line is one JSON object
+    assert last_body["predictions"][0]["label"] in LABELS and last_body["request_id"] == f"drain-{n - 1}"
+    assert rc == 0, "\n".join(srv.lines)
+    records = [json.loads(line) for line in srv.lines]  # every line on stderr is one JSON object
     access = {r["request_id"]: r for r in records if "request_id" in r}
-    for i in range(6):
+    for i in range(n):
         a = access[f"drain-{i}"]
         assert (a["method"], a["path"], a["status"], a["n_images"]) == ("POST", "/v1/predict", 200, 1)
-    assert any("drained" in r.get("msg", "") for r in records)
+    assert any(r.get("msg", "").startswith("batcher drained") for r in records)
 
 
-def test_cli_process_bad_model_exits_1(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "imclass.serve.cli", str(tmp_path), "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=120)
+@pytest.mark.slow
+def test_imclass_serve_bad_model_exits_1_with_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "imclass", "serve", "--model", str(tmp_path), "--port", "0"],
+                       capture_output=True, text=True, timeout=STARTUP_S)
     assert r.returncode == 1
-    assert "not a model" in r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("{")]
+    assert len(errors) == 1 and "not a model" in errors[0], r.stderr

@@ -8,8 +8,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from imclass.engine.sinks import open_sink, read_rows
 from imclass.errors import OutputError
+from imclass.labelling.sinks import open_sink, read_rows
 from imclass.prediction import Prediction
 
 
@@ -136,3 +136,19 @@ def test_unknown_extension_and_directory(tmp_path):
         open_sink(tmp_path / "p.xlsx", top_k=1)
     with pytest.raises(OutputError, match="directory"):
         open_sink(tmp_path, top_k=1)
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "json", "parquet"])
+def test_multi_label_predictions_keep_labels(tmp_path, ext):
+    """A multi-label model's rows carry ``labels`` (every label above its threshold) in every format."""
+    out = tmp_path / f"p.{ext}"
+    rows_in = [Prediction("a.jpg", "sea;sunset", 0.9, [("sea", 0.9), ("sunset", 0.8), ("trees", 0.1)],
+                          labels=["sea", "sunset"]),
+               Prediction("b.jpg", "", 0.2, [("trees", 0.2), ("sea", 0.1)], labels=[]),
+               Prediction("c.jpg", error="corrupt image: boom")]
+    with open_sink(out, top_k=3) as sink:
+        sink.write(rows_in)
+    rows = read_rows(out)
+    assert [r.get("labels") for r in rows] == [["sea", "sunset"], [], None]
+    if ext == "parquet":
+        assert pq.read_schema(out).field("labels").type.value_type == "string"

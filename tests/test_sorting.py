@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from conftest import make_image
-from imclass.engine.sorting import Sorter, folder_name
+from imclass.labelling.sorting import Sorter, folder_name
 from imclass.prediction import Prediction
 
 

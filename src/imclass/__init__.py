@@ -5,86 +5,101 @@
 >>> [p.label for p in clf.predict("photos/")] # a folder, paths or PIL images
 >>> clf, result = imclass.train("my_classes/", out="runs/mine")  # class folders or a CSV
 >>> imclass.evaluate("runs/mine", "my_classes/", report="eval/").metrics["accuracy"]
+
+Everything here is :mod:`imclass.api` (the one API the CLI, the server and the studio call), imported
+on first use so that ``import imclass`` stays cheap.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .api import (
+        AuditResult,
+        Classifier,
+        CleanResult,
+        Comparison,
+        Dataset,
+        EvalResult,
+        Explanation,
+        ExportResult,
+        ImageLoadError,
+        ImclassError,
+        LabelSummary,
+        ModelNotFoundError,
+        ParameterError,
+        Prediction,
+        Preprocess,
+        ResizeResult,
+        SplitResult,
+        TrainConfig,
+        TrainResult,
+        audit,
+        clean,
+        compare,
+        evaluate,
+        explain,
+        export,
+        find_lr,
+        label_library,
+        load,
+        load_dataset,
+        load_image,
+        models,
+        resize,
+        split,
+        train,
+    )
 
 __all__ = [
+    "AuditResult",
     "Classifier",
+    "CleanResult",
+    "Comparison",
     "Dataset",
+    "EvalResult",
+    "Explanation",
+    "ExportResult",
     "ImageLoadError",
     "ImclassError",
     "LabelSummary",
     "ModelNotFoundError",
+    "ParameterError",
     "Prediction",
     "Preprocess",
+    "ResizeResult",
+    "SplitResult",
     "TrainConfig",
     "TrainResult",
     "__version__",
     "audit",
+    "clean",
     "compare",
     "evaluate",
     "explain",
+    "export",
+    "find_lr",
     "label_library",
     "load",
     "load_dataset",
     "load_image",
+    "models",
+    "resize",
+    "split",
     "train",
 ]
 
-_LAZY = {
-    "Classifier": ".classifier",
-    "Prediction": ".prediction",
-    "Preprocess": ".preprocess",
-    "label_library": ".labelling",
-    "LabelSummary": ".labelling",
-    "load_image": ".images",
-    "Dataset": ".data",
-    "load_dataset": ".data",
-    "audit": ".data",
-    "train": ".training.api",
-    "evaluate": ".evaluation.runner",
-    "compare": ".evaluation.runner",
-    "explain": ".evaluation.explain",
-    "TrainConfig": ".training.config",
-    "TrainResult": ".training.config",
-    "ImclassError": ".errors",
-    "ImageLoadError": ".errors",
-    "ModelNotFoundError": ".errors",
-}
-
-if TYPE_CHECKING:
-    from .classifier import Classifier
-    from .data import Dataset, audit, load_dataset
-    from .errors import ImageLoadError, ImclassError, ModelNotFoundError
-    from .evaluation.explain import explain
-    from .evaluation.runner import compare, evaluate
-    from .images import load_image
-    from .labelling import LabelSummary, label_library
-    from .prediction import Prediction
-    from .preprocess import Preprocess
-    from .training.api import train
-    from .training.config import TrainConfig, TrainResult
-
-
-def load(name: str = "default", device: str = "auto", threads: int | None = None,
-         backend: str = "auto") -> Classifier:
-    """Load a classifier: ``default`` (embedded ImageNet model), a bundle folder, ``hf:<id>``, a timm name.
-
-    ``backend``: ``auto`` (ONNX Runtime on CPU, torch on CUDA), ``torch``, ``onnx`` or ``onnx-int8``.
-    """
-    from .classifier import Classifier
-
-    return Classifier.load(name, device=device, threads=threads, backend=backend)
-
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name in __all__:
+        from . import api
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return getattr(api, name)
     raise AttributeError(f"module 'imclass' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -137,7 +137,7 @@ class Classifier:
                 f"{self.spec.source or self.spec.model_id} has no INT8 export: run "
                 "`imclass export MODEL --int8 --calibration IMAGES` and use the exported bundle")
         else:
-            from .export.cache import cached_onnx, remember_default
+            from .engine.onnx_cache import cached_onnx, remember_default
 
             path = cached_onnx(self.model, self.spec)
             if self.spec.source == "default":
@@ -216,36 +216,18 @@ class Classifier:
 
 
 def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):
-    """``(spec, onnx path, torch loader)`` when ``name`` can run from an existing ONNX export, else None.
-
-    fp32: the cached export of the default model, or a bundle's ``model.onnx``. ``int8``: a bundle's
-    INT8 file (made by ``imclass export --int8``). Anything else (no such file, a malformed manifest)
-    gives None, and the normal path loads the torch model and reports what is missing.
-    """
+    """``(spec, onnx path, torch loader)`` when ``name`` can run from an existing ONNX export, else None."""
+    from .engine.onnx_cache import ready_export
     from .models import default
-    from .models.bundle import is_bundle, load_bundle, manifest_to_spec, read_manifest
+    from .models.bundle import load_bundle
 
+    found = ready_export(name, int8=int8)
+    if found is None:
+        return None
+    spec, path = found
     name = os.fspath(name)
-    if name in default.NAMES:
-        if int8:
-            return None  # the default model has no INT8 export of its own
-        from .export.cache import recall_default
-
-        found = recall_default()
-        if found is None:
-            return None
-        spec, path = found
-        return spec, path, lambda: default.build()[0]
-    if is_bundle(name):
-        try:
-            spec = manifest_to_spec(read_manifest(name), source=name)
-        except ImclassError:
-            return None  # the normal path reports the problem
-        onnx_file = (spec.exports.get("onnx") or {}).get("int8" if int8 else "fp32")
-        if isinstance(onnx_file, str) and onnx_file and (Path(name) / onnx_file).is_file():
-            spec.bundle_dir = name
-            return spec, str(Path(name) / onnx_file), lambda: load_bundle(name)[0]
-    return None
+    loader = (lambda: default.build()[0]) if name in default.NAMES else (lambda: load_bundle(name)[0])
+    return spec, path, loader
 
 
 def _expand(images: Iterable[Any] | str | os.PathLike) -> Iterable[Any]:

@@ -26,3 +26,23 @@ class ImageLoadError(ImclassError):
 
 class OutputError(ImclassError):
     """The output file cannot be written or resumed."""
+
+
+class ParameterError(ImclassError, ValueError):
+    """An argument of an API function is invalid: ``param`` names it, ``problem`` says what is wrong.
+
+    ``problem`` may name other parameters in braces (``"needs {output}"``); :meth:`render` spells every
+    name the way a face shows them (the CLI: ``--top-k``), ``str()`` keeps the Python names.
+    """
+
+    def __init__(self, param: str, problem: str):
+        self.param = param
+        self.problem = problem
+        super().__init__(self.render(lambda name: name))
+
+    def render(self, spell) -> str:
+        """The message with each parameter name passed through ``spell(name) -> str``."""
+        import re
+
+        text = re.sub(r"\{(\w+)\}", lambda m: spell(m.group(1)), self.problem)
+        return f"{spell(self.param)} {text}"

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .models.spec import UNKNOWN_LABEL, ModelSpec
+from .numerics import sigmoid, softmax
 
 
 @dataclass
@@ -40,16 +41,6 @@ class Prediction:
         if self.labels is not None:
             d["labels"] = self.labels
         return d
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + e^-x) without overflow warnings for large |x|
 
 
 def calibrated(logits: np.ndarray, temperature: float | None, multi_label: bool) -> np.ndarray:

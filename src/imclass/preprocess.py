@@ -101,24 +101,36 @@ class Preprocess:
         s = max(sh, sw)
         return s, s
 
-    def resize_crop(self, img: Image.Image) -> Image.Image:
-        """Resize and crop an RGB PIL image exactly as timm's eval transform does."""
-        resample = _RESAMPLE[self.interpolation]
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """``(w, h)`` an image of ``width x height`` is resized to before the centre crop (timm's rules)."""
         sh, sw = self.scale_size
         if self.crop_mode == "squash":
-            img = img.resize((sw, sh), resample)
-        elif sh == sw:
-            w, h = img.size
+            return sw, sh
+        if sh == sw:
+            w, h = width, height
             short, long = (w, h) if w <= h else (h, w)
-            if short != sh:
-                new_short, new_long = sh, int(sh * long / short)
-                new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-                img = img.resize((new_w, new_h), resample)
-        else:  # timm's ResizeKeepRatio (longest=0) for non-square inputs: the shorter side fits
-            w, h = img.size
-            ratio = min(h / sh, w / sw)
-            img = img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample)
+            if short == sh:
+                return w, h
+            new_short, new_long = sh, int(sh * long / short)
+            return (new_short, new_long) if w <= h else (new_long, new_short)
+        ratio = min(height / sh, width / sw)  # timm's ResizeKeepRatio (longest=0): the shorter side fits
+        return max(1, round(width / ratio)), max(1, round(height / ratio))
+
+    def resize_crop(self, img: Image.Image) -> Image.Image:
+        """Resize and crop an RGB PIL image exactly as timm's eval transform does."""
+        size = self.resized_size(*img.size)
+        if size != img.size:
+            img = img.resize(size, _RESAMPLE[self.interpolation])
         return _center_crop(img, self.input_size)
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The model's input crop in the original image's pixel coordinates ``(left, top, right, bottom)``;
+        it reaches outside the image where the crop is padded."""
+        rw, rh = self.resized_size(width, height)
+        ch, cw = self.input_size
+        left, top = _crop_offset(max(rw, cw), cw, rw), _crop_offset(max(rh, ch), ch, rh)
+        sx, sy = rw / width, rh / height
+        return left / sx, top / sy, (left + cw) / sx, (top + ch) / sy
 
     def load(self, src) -> np.ndarray:
         """One image (path, bytes, stream or PIL image) through the safe loader -> ``uint8`` model input
@@ -149,3 +161,9 @@ def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     top = int(round((h - ch) / 2.0))
     left = int(round((w - cw) / 2.0))
     return img.crop((left, top, left + cw, top + ch))
+
+
+def _crop_offset(padded: int, crop: int, size: int) -> int:
+    """Left (or top) of the centre crop in the resized image's coordinates, as :func:`_center_crop` cuts it."""
+    pad = (padded - size) // 2  # the image sits this far into the zero padding (when smaller than the crop)
+    return int(round((padded - crop) / 2.0)) - pad

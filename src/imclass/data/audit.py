@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from .dataset import SPLITS, Dataset
 from .duplicates import COSINE, PHASH_DISTANCE, find_duplicates
 from .facts import Progress, collect, inspected
+from .findings import AuditResult
 from .importers import load_dataset
 from .label_issues import MAX_FOLDS, check_labels
 from .outliers import FACTOR, K, outlier_scores
@@ -33,60 +33,6 @@ EXTENSION_FORMATS = {
     ".tiff": {"TIFF"}, ".webp": {"WEBP"}, ".ppm": {"PPM"}, ".pgm": {"PPM"}, ".pbm": {"PPM"}, ".pnm": {"PPM"},
     ".tga": {"TGA"}, ".ico": {"ICO"}, ".jp2": {"JPEG2000"}, ".j2k": {"JPEG2000"},
 }
-#: Per-file findings a user may act on (``clean --drop`` names them with dashes).
-FILE_FINDINGS = ("corrupt", "non_images", "wrong_extension", "tiny", "odd_aspect", "exact_duplicates",
-                 "near_duplicates", "conflicts", "leaks", "label_issues", "outliers")
-
-
-@dataclass
-class AuditResult:
-    """Findings as plain lists and dicts (JSON-able through :meth:`to_dict`); paths are absolute."""
-
-    dataset: dict[str, Any]
-    thresholds: dict[str, Any]
-    corrupt: list[dict[str, Any]] = field(default_factory=list)  # path, reason (unreadable, truncated...)
-    non_images: list[dict[str, Any]] = field(default_factory=list)  # path, reason
-    wrong_extension: list[dict[str, Any]] = field(default_factory=list)  # path, extension, format
-    tiny: list[dict[str, Any]] = field(default_factory=list)  # path, width, height
-    odd_aspect: list[dict[str, Any]] = field(default_factory=list)  # path, width, height, aspect
-    colour: dict[str, Any] = field(default_factory=dict)  # grey, colour, minority, files
-    exact_duplicates: list[dict[str, Any]] = field(default_factory=list)  # sha256, paths, labels, splits
-    near_duplicates: list[dict[str, Any]] = field(default_factory=list)  # paths, labels, splits, evidence
-    conflicts: list[dict[str, Any]] = field(default_factory=list)  # kind, paths, labels
-    leaks: list[dict[str, Any]] = field(default_factory=list)  # kind, paths, splits
-    class_counts: dict[str, int] = field(default_factory=dict)
-    imbalance_ratio: float | None = None  # largest / smallest class (None: a class is empty)
-    split_coverage: dict[str, Any] = field(default_factory=dict)  # counts per split, classes missing
-    label_issues: list[dict[str, Any]] = field(default_factory=list)  # path, given, suggested, quality, ...
-    label_check: dict[str, Any] = field(default_factory=dict)  # probe, folds, accuracy, checked
-    outliers: list[dict[str, Any]] = field(default_factory=list)  # path, score, labels
-    outlier_scores: list[float | None] = field(default_factory=list)  # every row's score (for the histogram)
-    notes: list[str] = field(default_factory=list)  # checks skipped, and why
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def counts(self) -> dict[str, int]:
-        """Number of findings per check (groups for duplicates, conflicts and leaks)."""
-        return {
-            "corrupt": len(self.corrupt), "non_images": len(self.non_images),
-            "wrong_extension": len(self.wrong_extension), "tiny": len(self.tiny), "odd_aspect": len(self.odd_aspect),
-            "grey_colour_minority": len(self.colour.get("files", [])),
-            "exact_duplicate_groups": len(self.exact_duplicates),
-            "exact_duplicate_extra_files": sum(len(g["paths"]) - 1 for g in self.exact_duplicates),
-            "near_duplicate_groups": len(self.near_duplicates), "conflicts": len(self.conflicts),
-            "leaks": len(self.leaks), "label_issues": len(self.label_issues), "outliers": len(self.outliers),
-        }
-
-    @property
-    def unreadable(self) -> int:
-        """Files that could not be used at all (corrupt or not images)."""
-        return len(self.corrupt) + len(self.non_images)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["counts"] = self.counts()
-        return d
-
-
 def audit(
     dataset: Dataset | str | os.PathLike,
     *,
@@ -104,8 +50,13 @@ def audit(
     workers: int = 2,
     cache: bool = True,
     progress: Progress | None = None,
+    report: str | os.PathLike | None = None,
+    json_path: str | os.PathLike | None = None,
 ) -> AuditResult:
     """Audit a dataset (a :class:`Dataset` or anything :func:`load_dataset` takes).
+
+    ``report``: a folder for ``audit.html`` (or the ``.html`` file itself); ``json_path``: write every finding
+    as JSON there. What was written is in ``result.files``.
 
     ``embeddings``: True computes them with ``backbone`` (cached by content), False skips the embedding
     checks (embedding near-duplicates, label errors, outliers), or pass precomputed ``Embeddings`` / an
@@ -161,6 +112,14 @@ def audit(
     t3 = time.perf_counter()
     res.seconds = {"decode_and_embed": round(t1 - t0, 2), "neighbours": round(t2 - t1, 2),
                    "labels": round(t3 - t2, 2), "total": round(t3 - t0, 2)}
+    if json_path is not None:
+        from ..fileio import write_json
+
+        res.files["json"] = str(write_json(json_path, res.to_dict()))
+    if report is not None:
+        from .report import write_report
+
+        res.files["report"] = str(write_report(res, report, ds))
     return res
 
 
@@ -265,44 +224,3 @@ def _label_checks(res: AuditResult, ds: Dataset, vectors: np.ndarray, group_id: 
             "quality": round(float(check.quality[i]), 4),
             "given_prob": round(float(min(p[classes.index(c)] for c in given)), 4) if given else None,
             "top": [[c, round(v, 4)] for c, v in top]})
-
-
-def summary_lines(res: AuditResult) -> list[tuple[str, int, str]]:
-    """(check, count, detail) rows for a terminal or HTML summary."""
-    c = res.counts()
-    th = res.thresholds
-    lc = res.label_check
-    colour = res.colour
-    rows = [
-        ("unreadable / corrupt / truncated", c["corrupt"], "decoded in full with the safe loader"),
-        ("not images", c["non_images"], ""),
-        ("wrong extension", c["wrong_extension"], "detected format differs from the extension"),
-        ("tiny images", c["tiny"], f"shorter side < {th['min_side']} px"),
-        ("odd aspect ratio", c["odd_aspect"], f"long/short side > {th['max_aspect']:g}"),
-        ("grey/colour mix", c["grey_colour_minority"],
-         f"{colour.get('grey', 0)} grey, {colour.get('colour', 0)} colour (from pixels)"),
-        ("exact duplicate groups", c["exact_duplicate_groups"], f"{c['exact_duplicate_extra_files']} extra copies"),
-        ("near-duplicate groups", c["near_duplicate_groups"],
-         f"pHash distance <= {th['phash_distance']}/64"
-         + (f" or cosine >= {th['cosine']:g}" if th.get("backbone") else "")),
-        ("duplicates with conflicting labels", c["conflicts"], ""),
-        ("duplicates across splits (leaks)", c["leaks"], ""),
-        ("likely label errors", c["label_issues"],
-         f"probe accuracy {lc['accuracy']:.1%} ({lc['folds']}-fold)"
-         if lc.get("accuracy") is not None else "not checked"),
-        ("outliers", c["outliers"], f"kNN distance > {th['outlier_threshold']:.3f}"
-         if th.get("outlier_threshold") is not None else "not checked"),
-    ]
-    return rows
-
-
-def split_overview(res: AuditResult) -> str:
-    """One line: images per split and classes missing from a split."""
-    cov = res.split_coverage
-    if not cov.get("counts"):
-        return "no splits assigned"
-    parts = [f"{s}: {sum(v.values())}" for s, v in cov["counts"].items()]
-    for s, missing in cov.get("missing", {}).items():
-        parts.append(f"{s} lacks {', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}")
-    return "; ".join(parts)
-

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ParameterError
 from .audit import AuditResult, audit
-from .dataset import Dataset, DatasetError
+from .dataset import Dataset
 from .facts import Progress, inspected
 from .importers import load_dataset
 from .materialize import materialize, prepare_out, relative_names
@@ -59,7 +60,8 @@ def parse_drop(drop: str | Iterable[str] | None) -> tuple[str, ...]:
         return DROP_CHOICES
     bad = [d for d in items if d.replace("_", "-") not in DROP_CHOICES]
     if bad:
-        raise DatasetError(f"unknown --drop {', '.join(bad)}; choose from {', '.join(DROP_CHOICES)} or all")
+        raise ParameterError("drop", f"has unknown choices {', '.join(bad)}; choose from "
+                                     f"{', '.join(DROP_CHOICES)} or all")
     return tuple(dict.fromkeys(d.replace("_", "-") for d in items))
 
 

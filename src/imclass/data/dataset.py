@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ImclassError
+from ..fileio import atomic_path
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("path", "labels", "split", "sha256", "width", "height", "mode", "format", "bytes", "error")
@@ -159,9 +160,8 @@ class Dataset:
             ("labels" if self.multi_label else "label"): self.table["labels"].map(";".join),
             "split": self.table["split"],
         })
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            frame.to_csv(tmp, index=False)
         return out
 
 

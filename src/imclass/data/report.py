@@ -11,8 +11,8 @@ import numpy as np
 
 from ..fileio import atomic_write_text
 from ..html_assets import png_uri, thumbnail_uri
-from .audit import AuditResult, split_overview, summary_lines
 from .dataset import Dataset
+from .findings import AuditResult, split_overview, summary_lines
 from .report_template import TEMPLATE
 
 THUMB = 112  # px, longer side

@@ -17,7 +17,8 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import ImageLoadError
+from ..errors import ImageLoadError, ParameterError
+from ..fileio import atomic_path
 from ..images import load_image
 from .dataset import Dataset, DatasetError
 from .importers import load_dataset
@@ -54,7 +55,7 @@ def resize(
 ) -> ResizeResult:
     """Resize every image of ``dataset`` into ``out`` (see the module docstring). ``progress(done, total)``."""
     if size < 1 or (crop is not None and not 1 <= crop <= size):
-        raise DatasetError(f"--size must be >= 1 and --crop between 1 and --size (got size {size}, crop {crop})")
+        raise ParameterError("crop", f"must be between 1 and {{size}} (got size {size}, crop {crop})")
     ds = load_dataset(dataset)
     target = Path(out)
     if ds.root and target.resolve() == Path(ds.root).resolve():
@@ -137,13 +138,9 @@ def _resize_one(src: str, dest: Path, size: int, crop: int | None, quality: int)
         left, top = (w - crop) // 2, (h - crop) // 2
         img = img.crop((left, top, left + crop, top + crop))
     fmt = SAVE_FORMATS[dest.suffix.lower()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-        img.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            img.save(tmp, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         return "failed", f"cannot write {dest}: {e.strerror or e}"
     return "written", None

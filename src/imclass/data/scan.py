@@ -62,7 +62,7 @@ class ScanCache(SqliteStore):
 
     def __init__(self, path: str | os.PathLike | None = None):
         if path is None:
-            from ..export.cache import cache_dir
+            from ..paths import cache_dir
 
             path = cache_dir() / "scan.sqlite3"
         super().__init__(path, "CREATE TABLE IF NOT EXISTS scan (sha256 TEXT, version TEXT, error TEXT, "

@@ -41,9 +41,9 @@ def resolve_device(device: str = "auto") -> str:
             return "mps"
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from ..errors import ImclassError
+        from ..errors import ParameterError
 
-        raise ImclassError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+        raise ParameterError("device", f"is {device!r} but CUDA is not available; use cpu or auto")
     return device
 
 

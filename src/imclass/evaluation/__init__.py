@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from .explain import Explanation, explain, save_overlays
 from .metrics import compute_metrics, headline, top_losses
-from .runner import Comparison, EvalResult, compare, evaluate, write_json, write_predictions
+from .result import EvalResult, write_json, write_predictions
+from .runner import Comparison, compare, evaluate
 
 __all__ = ["Comparison", "EvalResult", "Explanation", "compare", "compute_metrics", "evaluate", "explain",
            "headline", "save_overlays", "top_losses", "write_json", "write_predictions"]

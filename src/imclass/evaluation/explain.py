@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImclassError
+from ..errors import ImclassError, ParameterError
 from ..images import source_name
 
 METHODS = {
@@ -37,6 +37,11 @@ METHODS = {
 _ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
 
 
+OVERLAYS = ("original", "crop")
+#: Images explained and written per round when ``out`` is given (their arrays are dropped after writing).
+CHUNK = 32
+
+
 @dataclass
 class Explanation:
     """One image's CAM. ``error`` is set (and the arrays are None) when the image could not be read."""
@@ -45,10 +50,11 @@ class Explanation:
     label: str | None = None  # the explained label
     score: float | None = None  # the model's probability for that label
     heatmap: np.ndarray | None = None  # float32 (H, W) in [0, 1], model input resolution
-    overlay: np.ndarray | None = None  # uint8 RGB (H, W, 3): heatmap over the model input crop
+    overlay: np.ndarray | None = None  # uint8 RGB: the heatmap over the photo (full size) or the model's input crop
     image: np.ndarray | None = None  # uint8 RGB model input crop
     method: str = "gradcam"
     error: str | None = None
+    overlay_path: str | None = None  # the PNG written by ``explain(..., out=DIR)``
 
     @property
     def ok(self) -> bool:
@@ -56,48 +62,65 @@ class Explanation:
 
 
 def method_name(method: str) -> str:
-    """Canonical method name (``gradcam``, ``gradcam++``, ``eigencam``, ...) or an ImclassError."""
+    """Canonical method name (``gradcam``, ``gradcam++``, ``eigencam``, ...) or a ParameterError."""
     key = method.lower().replace("-", "").replace("_", "").replace(" ", "")
     key = _ALIASES.get(key, key)
     if key not in METHODS:
-        raise ImclassError(f"unknown CAM method {method!r}; use one of {', '.join(METHODS)}")
+        raise ParameterError("method", f"must be one of {', '.join(METHODS)}, not {method!r}")
     return key
 
 
-def explain(clf, images: Iterable[Any] | str | os.PathLike, method: str = "gradcam",
-            target: str | int | Sequence[str | int | None] | None = None, *, batch_size: int = 8,
+def explain(model: Any, images: Iterable[Any] | str | os.PathLike, method: str = "gradcam",
+            target: str | int | Sequence[str | int | None] | None = None, *, out: str | os.PathLike | None = None,
+            overlay: str = "original", batch_size: int = 8, device: str = "auto",
             target_layer=None) -> list[Explanation]:
-    """CAM heatmaps for ``images`` (paths, folders, PIL images or bytes) with a :class:`Classifier`.
+    """CAM heatmaps for ``images`` (paths, folders, PIL images or bytes) with a model (name or Classifier).
 
     ``target``: a label name (or index) to explain, or one per image (a list); ``None`` explains each
     image's top label. Unreadable images give entries with ``error`` set. ``method``: see :data:`METHODS`.
+    ``overlay``: ``original`` draws the heatmap on the whole photo at its own size (the part the model's
+    centre crop cut off is shaded), ``crop`` on the model's input crop. ``out``: write each overlay as
+    ``out/<name>_<method>.png`` (``overlay_path``), in rounds of :data:`CHUNK` images whose arrays are then
+    dropped (only ``heatmap`` is kept), so folders of any size fit in memory.
     """
     import torch
 
     method = method_name(method)
-    model = clf.model
-    if model is None:
+    if overlay not in OVERLAYS:
+        raise ParameterError("overlay", f"must be one of {', '.join(OVERLAYS)}, not {overlay!r}")
+    clf = _classifier(model, device)
+    net = clf.model
+    if net is None:
         raise ImclassError("this classifier has no torch model to explain")
     items = expand_images(images)
     if isinstance(target, (list, tuple)):
         if len(target) != len(items):
-            raise ImclassError(f"{len(target)} targets for {len(items)} images")
+            raise ParameterError("target", f"has {len(target)} entries for {len(items)} images")
         targets = [None if t is None else _label_index(clf.labels, t) for t in target]
     else:
         targets = [None if target is None else _label_index(clf.labels, target)] * len(items)
-    layer, reshape = (target_layer, None) if target_layer is not None else find_target_layer(model, clf.spec)
-    cam = _make_cam(method, model, layer, reshape)
-    device = next(model.parameters()).device
-    mean = torch.tensor(clf.spec.preprocess.mean, device=device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(clf.spec.preprocess.std, device=device).view(1, 3, 1, 1) * 255.0
+    layer, reshape = (target_layer, None) if target_layer is not None else find_target_layer(net, clf.spec)
+    cam = _make_cam(method, net, layer, reshape)
+    dev = next(net.parameters()).device
+    mean = torch.tensor(clf.spec.preprocess.mean, device=dev).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(clf.spec.preprocess.std, device=dev).view(1, 3, 1, 1) * 255.0
 
-    out: list[Explanation] = []
-    pending: list[tuple[Explanation, np.ndarray, int | None]] = []
+    result: list[Explanation] = []
+    pending: list[tuple[Explanation, np.ndarray, int | None, Any]] = []
+    written: list[Explanation] = []
+    used: set[str] = set()
 
     def flush() -> None:
         if pending:
-            _run(clf, cam, pending, mean, std, device)
+            _run(clf, cam, [(e, a, t) for e, a, t, _ in pending], mean, std, dev)
+            if overlay == "original":
+                for e, _, _, item in pending:
+                    e.overlay = _original_overlay(item, e, clf.spec.preprocess)
+            written.extend(e for e, _, _, _ in pending)
             pending.clear()
+        if out is not None and (len(written) >= CHUNK or not pending):
+            _write(written, out, used)
+            written.clear()
 
     try:
         for item, tgt in zip(items, targets):
@@ -105,17 +128,63 @@ def explain(clf, images: Iterable[Any] | str | os.PathLike, method: str = "gradc
             try:
                 arr = clf.decode(item)
             except ImclassError as e:
-                out.append(Explanation(name, method=method, error=getattr(e, "reason", None) or str(e)))
+                result.append(Explanation(name, method=method, error=getattr(e, "reason", None) or str(e)))
                 continue
             exp = Explanation(name, method=method, image=arr)
-            out.append(exp)
-            pending.append((exp, arr, tgt))
+            result.append(exp)
+            pending.append((exp, arr, tgt, item))
             if len(pending) >= batch_size:
                 flush()
         flush()
     finally:
         cam.activations_and_grads.release()
-    return out
+    return result
+
+
+def _classifier(model: Any, device: str):
+    if hasattr(model, "spec") and hasattr(model, "decode"):
+        return model
+    from ..classifier import Classifier
+
+    return Classifier.load(model, device=device, backend="torch")
+
+
+def _write(exps: list[Explanation], out: str | os.PathLike, used: set[str]) -> None:
+    for e, path in zip(exps, save_overlays(exps, out, used)):
+        e.overlay_path = None if path is None else str(path)
+        e.overlay = e.image = None  # written: keep memory flat over large folders
+
+
+def _original_overlay(item: Any, exp: Explanation, pre) -> np.ndarray | None:
+    """The heatmap drawn on the whole photo at its own size; what the model's crop did not see is shaded."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from ..images import load_image
+
+    if exp.heatmap is None:
+        return None
+    try:
+        img = load_image(item)
+    except ImclassError:
+        return exp.overlay
+    rgb = np.asarray(img, dtype=np.float32) / 255.0
+    h, w = rgb.shape[:2]
+    left, top, right, bottom = pre.crop_box(w, h)
+    bw, bh = max(1, round(right - left)), max(1, round(bottom - top))
+    heat_box = np.asarray(Image.fromarray(exp.heatmap).resize((bw, bh), Image.Resampling.BILINEAR))
+    heat = np.zeros((h, w), dtype=np.float32)
+    seen = np.zeros((h, w), dtype=bool)
+    x0, y0 = round(left), round(top)
+    xs, ys = max(0, x0), max(0, y0)
+    xe, ye = min(w, x0 + bw), min(h, y0 + bh)
+    if xe > xs and ye > ys:
+        heat[ys:ye, xs:xe] = heat_box[ys - y0:ye - y0, xs - x0:xe - x0]
+        seen[ys:ye, xs:xe] = True
+    colour = colormaps["jet"](heat)[..., :3]  # the colours of grad-cam's crop overlays
+    blended = 0.55 * rgb + 0.45 * colour
+    shaded = 0.35 * rgb + 0.65 * 0.5  # outside the crop: washed out towards grey
+    return np.uint8(255 * np.clip(np.where(seen[..., None], blended, shaded), 0, 1))
 
 
 def _run(clf, cam, pending, mean, std, device) -> None:

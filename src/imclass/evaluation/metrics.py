@@ -333,15 +333,16 @@ def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
                 "micro_f1": m.get("micro_f1"), "macro_f1": m.get("macro_f1"), "mAP": m.get("mAP"),
                 "roc_auc_macro": m.get("roc_auc_macro"), "n_evaluated": m.get("n_evaluated"),
                 "n_errors": m.get("n_errors")}
-    out = {"accuracy": m.get("accuracy"), "balanced_accuracy": m.get("balanced_accuracy"),
-           "macro_f1": (m.get("macro_avg") or {}).get("f1")}
+    out = {"accuracy": m.get("accuracy")}
+    if m.get("rejection"):  # accuracy is on the accepted images: show how many, and the figure on all of them
+        out["coverage"] = m["rejection"]["coverage"]
+        out["accuracy_all_images"] = m["rejection"]["accuracy_without_rejection"]
+    out.update({"balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": (m.get("macro_avg") or {}).get("f1")})
     for k, v in (m.get("top_k_accuracy") or {}).items():
         if k != "1":
             out[f"top{k}_accuracy"] = v
     out["log_loss"] = m.get("log_loss")
     out["ece"] = (m.get("calibration") or {}).get("ece")
-    if m.get("rejection"):
-        out["coverage"] = m["rejection"]["coverage"]
     out["n_evaluated"] = m.get("n_evaluated")
     out["n_errors"] = m.get("n_errors")
     return out

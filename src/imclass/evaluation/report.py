@@ -17,7 +17,7 @@ from ..fileio import atomic_write_text
 from ..html_assets import jpeg_uri, thumbnail_uri
 from . import charts
 from .metrics import MULTI_LABEL, headline
-from .runner import EvalResult, write_json, write_predictions
+from .result import EvalResult, write_json, write_predictions
 
 log = logging.getLogger("imclass")
 THUMB = 160  # pixels, longest side
@@ -26,8 +26,9 @@ SAMPLES = 8
 PAIR_EXAMPLES = 4
 
 _PERCENT = {"accuracy", "balanced_accuracy", "macro_f1", "subset_accuracy", "micro_f1", "coverage", "mAP",
-            "roc_auc_macro"}
-_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1",
+            "roc_auc_macro", "accuracy_all_images"}
+_NAMES = {"accuracy": "accuracy", "accuracy_all_images": "accuracy on all images (unknown counted wrong)",
+          "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1",
           "top3_accuracy": "top-3 accuracy", "top5_accuracy": "top-5 accuracy", "log_loss": "log loss",
           "ece": "calibration error (ECE)", "coverage": "coverage (not unknown)", "subset_accuracy": "exact match",
           "hamming_loss": "Hamming loss", "micro_f1": "micro F1", "mAP": "mean average precision",
@@ -120,11 +121,13 @@ def _num(v) -> str:
 
 def _cards(m: dict[str, Any]) -> list[dict[str, str]]:
     cards = []
+    rejecting = bool(m.get("rejection"))
     for k, v in headline(m).items():
         if k == "n_errors" and not v:
             continue
         text = _pct(v) if k in _PERCENT or k.startswith("top") else (str(v) if k.startswith("n_") else _num(v))
-        cards.append({"name": _NAMES.get(k, k.replace("_", " ")), "value": text})
+        name = "accuracy on accepted images" if k == "accuracy" and rejecting else _NAMES.get(k, k.replace("_", " "))
+        cards.append({"name": name, "value": text})
     return cards
 
 
@@ -217,7 +220,8 @@ def _add_cams(result: EvalResult, tiles: list[dict[str, Any]], rows: list[int], 
     try:
         from .explain import explain
 
-        exps = explain(clf, [tiles[k]["path"] for k in range(len(rows))], method=method, target=targets)
+        exps = explain(clf, [tiles[k]["path"] for k in range(len(rows))], method=method, target=targets,
+                       overlay="crop")
     except Exception as e:  # overlays are an extra: a model CAM cannot handle must not lose the evaluation
         log.warning("CAM overlays skipped: %s", e)
         return f"CAM overlays unavailable for this model ({e})"

@@ -6,45 +6,18 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .. import fileio
-from ..errors import ImclassError
+from ..errors import ImclassError, ParameterError
 from .labels import map_labels
-from .metrics import MULTI_LABEL, SINGLE_LABEL, compute_metrics, headline, label_thresholds, per_image_loss, top_losses
+from .metrics import MULTI_LABEL, SINGLE_LABEL, compute_metrics, label_thresholds, per_image_loss, top_losses
+from .result import EvalResult, write_json, write_predictions
 
 TOP_LOSSES = 16
 FROM_MODEL = "model"  # unknown_threshold / thresholds default: the model's own
-
-
-@dataclass
-class EvalResult:
-    """What :func:`evaluate` measured.
-
-    ``table``: one row per image (``path``, ``true``, ``predicted``, ``confidence``, ``correct``, ``error``,
-    ``loss``; single-label also ``rejected``). ``probabilities``: ``(N, classes)`` in dataset class order,
-    NaN rows for unreadable images. ``files``: what was written (``report``, ``metrics``, ``predictions``).
-    """
-
-    metrics: dict[str, Any]
-    table: pd.DataFrame
-    probabilities: np.ndarray
-    targets: np.ndarray
-    classes: list[str]
-    task: str
-    model: str
-    files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def errors(self) -> int:
-        return int(self.metrics.get("n_errors", 0))
-
-    def headline(self) -> dict[str, float | None]:
-        return headline(self.metrics)
 
 
 def evaluate(model, data, split: str = "val", report: str | os.PathLike | None = None,
@@ -110,6 +83,7 @@ class Comparison:
 
     results: dict[str, EvalResult]
     table: pd.DataFrame
+    files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"models": list(self.results), "split": next(iter(self.results.values())).metrics.get("split"),
@@ -117,10 +91,13 @@ class Comparison:
 
 
 def compare(models: Sequence[Any], data, split: str = "val", *, images_dir: str | os.PathLike | None = None,
-            **kwargs) -> Comparison:
-    """Evaluate several models on the same images; ``kwargs`` go to :func:`evaluate`."""
+            json_path: str | os.PathLike | None = None, **kwargs) -> Comparison:
+    """Evaluate several models on the same images; ``kwargs`` go to :func:`evaluate`.
+
+    ``json_path``: write :meth:`Comparison.to_dict` there (``files["json"]``).
+    """
     if not models:
-        raise ImclassError("compare needs at least one model")
+        raise ParameterError("models", "must name at least one model")
     ds = _dataset(data, images_dir)
     results: dict[str, EvalResult] = {}
     for m in models:
@@ -130,22 +107,10 @@ def compare(models: Sequence[Any], data, split: str = "val", *, images_dir: str 
             name, n = f"{r.model} ({n})", n + 1
         results[name] = r
     table = pd.DataFrame({name: r.headline() for name, r in results.items()})
-    return Comparison(results, table)
-
-
-# ---- files -------------------------------------------------------------------------------------------
-
-def write_json(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
-    """``metrics.json`` (atomic; NumPy values as plain numbers)."""
-    return fileio.write_json(path, metrics)
-
-
-def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """``path,true,predicted,confidence,correct,error`` (multi-label label sets ``;``-joined)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table[["path", "true", "predicted", "confidence", "correct", "error"]].to_csv(out, index=False)
-    return out
+    cmp = Comparison(results, table)
+    if json_path is not None:
+        cmp.files["json"] = str(write_json(cmp.to_dict(), json_path))
+    return cmp
 
 
 # ---- steps -------------------------------------------------------------------------------------------
@@ -177,7 +142,8 @@ def _select(ds, split: str):
         if len(sub):
             break
     else:
-        raise ImclassError(f"the dataset has no {split!r} images; use --split all (or split it first)")
+        raise ParameterError("split", f"{split!r} selects no images of this dataset; use {{split}}='all' "
+                                      "(or split it first)")
     if s != split:
         warnings.append(f"the dataset has no {split} images: evaluated on {'all rows' if s == 'all' else s}")
     if s == "all":
@@ -241,7 +207,7 @@ def _model_name(clf) -> str:
 
 
 def _context(clf, ds, sub, used, requested, mapping, warnings, table, errors) -> dict[str, Any]:
-    from .. import __version__
+    from ..version import __version__
 
     spec = clf.spec
     failed = [{"path": p, "error": e} for p, e in zip(table["path"], errors) if e]

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.onnx_cache import ExportError, synthetic_batch
+from ..engine.onnx_export import OPSET
 from ..models.bundle import MANIFEST, save_bundle
-from .cache import OPSET, ExportError, synthetic_batch
 
 #: Export refuses (unless forced) below these top-1 agreements with the fp32 torch model. INT8 is
 #: opt-in: on real photos far from ImageNet the best static INT8 reached 94% (bench/RESULTS.md), below
@@ -64,7 +65,8 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
     """
     from ..engine.backends import TorchBackend
     from ..engine.onnx_backend import OnnxBackend
-    from .onnx import export_onnx, parity
+    from ..engine.onnx_export import export_onnx
+    from ..engine.parity import parity
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
@@ -122,7 +124,8 @@ def _quantize_best(fp32_path: Path, int8_path: Path, ref, fp32, calib_u8: list[n
     is measured afterwards on the other, held-out photos).
     """
     from ..engine.onnx_backend import OnnxBackend
-    from .onnx import parity, quantize_int8
+    from ..engine.parity import parity
+    from .quantize import quantize_int8
 
     calib = [fp32.normalize(b) for b in calib_u8]
     reference = {id(b): ref(b) for b in calib_u8}  # the torch model runs once, not once per candidate
@@ -157,7 +160,7 @@ def _judge(result: ExportResult, kind: str, force: bool) -> None:
     msg = (f"{kind} export agrees with torch on {p['top1_agreement']:.1%} of {p['n']} images "
            f"(need {MIN_AGREEMENT[kind]:.1%}; max probability difference {p['max_abs_prob_diff']:.4f})")
     if not force:
-        raise ExportError(msg + "; refusing to export (use --force to keep it anyway)")
+        raise ExportError(msg + "; refusing to export (force=True / --force keeps it anyway)")
     result.passed = False
     result.warnings.append(msg)
 

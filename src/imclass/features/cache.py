@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
 
 
 def default_path() -> Path:
-    from ..export.cache import cache_dir
+    from ..paths import cache_dir
 
     return cache_dir() / "embeddings.sqlite3"
 

@@ -104,20 +104,11 @@ class Embedder:
         return self._key
 
     def _light_spec(self):
-        from ..models import default
-        from ..models.bundle import is_bundle, manifest_to_spec, read_manifest
-
-        name = self._name_or_path
-        if name is None:
+        if self._name_or_path is None:
             return None
-        if name in default.NAMES:
-            from ..export.cache import recall_default
+        from ..engine.onnx_cache import light_spec
 
-            found = recall_default()
-            return found[0] if found else None
-        if is_bundle(name):
-            return manifest_to_spec(read_manifest(name), source=name)
-        return None
+        return light_spec(self._name_or_path)
 
     def _light_key(self) -> str | None:
         """A key from the weights *file* (no torch import) for the default model and bundles."""
@@ -154,7 +145,7 @@ class Embedder:
             if use_onnx:
                 try:
                     from ..engine.onnx_backend import OnnxBackend, default_streams
-                    from ..export.cache import cached_onnx
+                    from ..engine.onnx_cache import cached_onnx
 
                     self._run = OnnxBackend(cached_onnx(model, spec, features=True), spec.preprocess,
                                             threads=self.threads, streams=default_streams("cpu", self.threads))

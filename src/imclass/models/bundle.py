@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_path, atomic_write_text
 from ..preprocess import Preprocess
 from .spec import ModelSpec
 
@@ -129,9 +129,8 @@ def save_bundle(model, spec: ModelSpec, path: str | os.PathLike) -> Path:
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS + ".tmp")
-    save_model(model, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS)
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_model(model, str(tmp), metadata={"format": "pt"})
     atomic_write_text(out / MANIFEST, json.dumps(spec_to_manifest(spec), indent=2) + "\n")
     return out
 
@@ -140,7 +139,7 @@ def load_bundle(path: str | os.PathLike):
     """Return ``(model, spec)`` from a bundle directory."""
     from safetensors.torch import load_model
 
-    from .registry import build_architecture
+    from .families import build_architecture
 
     spec = manifest_to_spec(read_manifest(path), source=os.fspath(path))
     weights = Path(path) / WEIGHTS

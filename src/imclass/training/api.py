@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Dataset, load_dataset
-from ..errors import ImclassError
+from ..errors import ImclassError, ParameterError
 from ..fileio import write_json
 from ..models.spec import ModelSpec
 from . import calibrate
@@ -54,7 +54,7 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
         notes.append(f"class imbalance {ratio:.1f}x: class-weighted loss "
                      f"({'--balance on' if cfg.balance == 'on' else 'on by default at >= 3x'})")
     if out is not None and not resume and (Path(out) / "imclass.json").exists():
-        raise ImclassError(f"{out} already holds a trained model; choose another --out (or delete it)")
+        raise ParameterError("out", f"{out} already holds a trained model; choose another (or delete it)")
     trained = _run_mode(ds, cfg, balanced, progress, None if out is None else Path(out), resume, on_epoch)
     notes += trained.notes
     spec, metrics = _finish(ds, cfg, trained, notes)
@@ -83,7 +83,8 @@ def find_lr(data: Any, out: str | os.PathLike | None = None, *, config: TrainCon
 
     cfg = _config(config, options)
     if cfg.mode == "probe":
-        raise ImclassError("--find-lr is for --mode finetune or scratch (the probe chooses its own C)")
+        raise ParameterError("mode", "must be finetune or scratch for the learning-rate finder "
+                                     "(the probe chooses its own C)")
     ds, _ = _prepare(data, cfg)
     res = range_test(ds, cfg, progress=progress)
     path = Path(out or ".") / "lr_find.png"

@@ -8,11 +8,10 @@ replaced atomically, JSON last, so a run killed at any moment resumes from the l
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_json
+from ..fileio import atomic_path, write_json
 
 LAST = "last"
 BEST = "best"
@@ -30,9 +29,8 @@ def save(folder: Path, name: str, model, optimizer=None, state: dict[str, Any] |
             for key, value in pstate.items():
                 tensors[f"opt.{pid}.{key}"] = value.detach().cpu().contiguous().reshape(value.shape)
         opt_meta = {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]}
-    tmp = folder / f".{name}.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / f"{name}.safetensors")
+    with atomic_path(folder / f"{name}.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_json(folder / f"{name}.json", {**(state or {}), "optimizer": opt_meta})
 
 

@@ -33,25 +33,26 @@ class TrainConfig:
     unknown_coverage: float | None = 0.95  # accept this fraction of validation images; None: no "unknown"
     calibrate: bool = True
     device: str = "auto"
-    workers: int | None = None
+    workers: int | None = None  # decode threads (embeddings, validation passes)
+    loader_workers: int | None = None  # data-loader processes for fine-tuning; None: up to 4
 
     def __post_init__(self) -> None:
-        from ..errors import ImclassError
+        from ..errors import ParameterError
 
         if self.mode not in MODES:
-            raise ImclassError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+            raise ParameterError("mode", f"must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.augment not in AUGMENTS:
-            raise ImclassError(f"unknown augmentation preset {self.augment!r}; use one of {', '.join(AUGMENTS)}")
+            raise ParameterError("augment", f"must be one of {', '.join(AUGMENTS)}, not {self.augment!r}")
         if self.balance not in ("auto", "on", "off"):
-            raise ImclassError("balance must be auto, on or off")
+            raise ParameterError("balance", "must be auto, on or off")
         if self.unknown_coverage is not None and not 0.5 <= self.unknown_coverage <= 1.0:
-            raise ImclassError("--unknown-coverage must be between 0.5 and 1.0 (e.g. 0.95)")
+            raise ParameterError("unknown_coverage", "must be between 0.5 and 1.0 (e.g. 0.95)")
         if not 0.0 < self.val_fraction < 0.9:
-            raise ImclassError("--val-fraction must be between 0 and 0.9")
+            raise ParameterError("val_fraction", "must be between 0 and 0.9")
         if self.epochs is not None and self.epochs < 1:
-            raise ImclassError("--epochs must be >= 1")
+            raise ParameterError("epochs", "must be >= 1")
         if self.batch_size < 1:
-            raise ImclassError("--batch-size must be >= 1")
+            raise ParameterError("batch_size", "must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,7 @@
-"""Fine-tuning a pretrained backbone, or training the small CNN from scratch: one short plain-torch loop.
+"""Fine-tuning a pretrained backbone, or training the small CNN from scratch.
+
+The parts live here (network, data, optimiser groups, loss, schedule, validation scores); :func:`train_network`
+assembles them into the generic loop of :mod:`.loop` with the behaviours of :mod:`.callbacks`:
 
 - fastai-style schedule: with ``epochs >= 3`` the first epoch trains only the new head (backbone frozen),
   then everything trains with discriminative learning rates (backbone 10x lower than the head);
@@ -24,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from ..data import Dataset
-from ..errors import ImageLoadError, ImclassError
+from ..errors import ImageLoadError
 from ..images import load_image
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from . import checkpoint
+from . import callbacks as cbs
 from .assemble import with_new_head
 from .config import TrainConfig
+from .loop import Run, fit
 from .outcome import Trained
 
 DEFAULT_EPOCHS = {"finetune": 15, "scratch": 30}
@@ -139,7 +143,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---- the loop ----------------------------------------------------------------------------------------
+# ---- the run: the generic loop (loop.py) with this module's parts and callbacks (callbacks.py) ---------
 def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, *, out: Path | None = None,
                   resume: bool = False, on_epoch: EpochHook | None = None) -> Trained:
     import torch
@@ -151,7 +155,7 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
         torch.set_num_threads(default_threads())
     epochs = cfg.epochs or DEFAULT_EPOCHS[cfg.mode]
     base_lr = cfg.lr or DEFAULT_LR[cfg.mode]
-    workers = cfg.workers if cfg.workers is not None else min(4, default_threads())
+    workers = cfg.loader_workers if cfg.loader_workers is not None else min(4, default_threads())
     _seed_everything(cfg.seed)
     model, arch, pre, base_spec = build_network(ds, cfg)
     model = model.to(device, memory_format=torch.channels_last)
@@ -171,84 +175,35 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
     draft = pre.draft_size()
     train_rows = ImageRows([paths[i] for i in tr_idx], y[tr_idx], train_transform(pre, cfg.augment), draft)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    total_steps = steps_per_epoch * epochs
     freeze_epochs = 1 if (cfg.mode == "finetune" and epochs >= 3) else 0
 
-    ckpt_dir = (out / "checkpoints") if out is not None else Path(tempfile.mkdtemp(prefix="imclass-train-"))
-    identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "workers", "epochs")},
-                "dataset": ds.fingerprint()}
-    start_epoch, history, best = 0, [], None
-    state = checkpoint.load_state(ckpt_dir) if resume else None
-    if state is not None:
-        if state.get("identity") != identity:
-            raise ImclassError(f"{ckpt_dir}: the checkpoint is from a different configuration or dataset; "
-                               "use another --out, or the same options as the interrupted run")
-        checkpoint.restore(ckpt_dir, checkpoint.LAST, model, optimizer)
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state.get("best")
-    elif not resume and checkpoint.load_state(ckpt_dir) is not None:
-        raise ImclassError(f"{ckpt_dir} holds a previous run: pass --resume to continue it, or choose another --out")
-    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda")
-    stale = 0
-    for h in reversed(history):  # epochs since the last improvement (a resumed run keeps counting)
-        if h.get("improved"):
-            break
-        stale += 1
-
-    for epoch in range(start_epoch, epochs):
-        if history and stale >= cfg.patience:
-            break
+    def batches(epoch: int):
+        """The epoch's shuffled batches; every epoch starts from its own seed, so a resumed run replays it."""
         _seed_everything(cfg.seed * 1000 + epoch)
-        frozen = epoch < freeze_epochs
-        for p in model.parameters():
-            p.requires_grad_(not frozen or id(p) in head_params)
-        model.train(not frozen)  # frozen backbone: BatchNorm statistics stay as pretrained
-        loader = _loader(train_rows, cfg.batch_size, True, cfg.seed * 1000 + epoch, workers)
-        seen, loss_sum = 0, 0.0
-        for step, batch in enumerate(loader):
-            if batch is None:
-                continue
-            x, target, _ = batch
-            g = epoch * steps_per_epoch + step
-            factor = _schedule(g, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            target = target.to(device)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device == "cuda"):
-                logits = model(x)
-                loss = loss_fn(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            seen += len(x)
-            loss_sum += loss.item() * len(x)
-            if progress is not None:
-                progress(f"epoch {epoch + 1}/{epochs}" + (" (head only)" if frozen else ""), step + 1,
-                         steps_per_epoch)
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1, seen), 5),
-                                  "lr": optimizer.param_groups[-1]["lr"], "frozen_backbone": frozen}
-        if len(va_idx):
-            val_logits = predict_logits(model, [paths[i] for i in va_idx], pre, device, cfg.batch_size, workers)
-            record.update(_val_scores(val_logits, y[va_idx], ds.multi_label, loss_fn, device))
-        score = _monitor(record)
-        improved = best is None or score > best + 1e-9
-        record["improved"] = improved
-        history.append(record)
-        if improved:
-            best = score
-            checkpoint.save(ckpt_dir, checkpoint.BEST, model)
-        stale = 0 if improved else stale + 1
-        checkpoint.save(ckpt_dir, checkpoint.LAST, model, optimizer,
-                        {"epoch": epoch, "history": history, "best": best, "identity": identity})
-        if on_epoch is not None:
-            on_epoch(record)
+        return _loader(train_rows, cfg.batch_size, True, cfg.seed * 1000 + epoch, workers)
 
-    if checkpoint.load_state(ckpt_dir, checkpoint.BEST) is not None:
-        checkpoint.restore(ckpt_dir, checkpoint.BEST, model)
+    def val_scores(run: Run) -> dict[str, float]:
+        logits = predict_logits(run.model, [paths[i] for i in va_idx], pre, device, cfg.batch_size, cfg.workers)
+        return _val_scores(logits, y[va_idx], ds.multi_label, run.loss_fn, device)
+
+    ckpt_dir = (out / "checkpoints") if out is not None else Path(tempfile.mkdtemp(prefix="imclass-train-"))
+    run_only = ("device", "workers", "loader_workers", "epochs")  # settings a resumed run may change
+    identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in run_only},
+                "dataset": ds.fingerprint()}
+    callbacks = [cbs.FreezeBackbone(head_params, freeze_epochs), cbs.Validation(val_scores if len(va_idx) else None),
+                 cbs.TrackBest(_monitor), cbs.Checkpoints(ckpt_dir, identity, resume),
+                 cbs.EarlyStopping(cfg.patience), cbs.FaultPoints("finetune")]
+    if progress is not None:
+        callbacks.append(cbs.Progress(progress))
+    if on_epoch is not None:
+        callbacks.append(cbs.OnEpoch(on_epoch))
+    run = fit(model, optimizer, loss_fn, batches, epochs=epochs, steps_per_epoch=steps_per_epoch, schedule=_schedule,
+              device=device, callbacks=callbacks)  # ends with the best epoch's weights loaded
+
+    history = run.history
     model.eval()
-    val_logits = predict_logits(model, [paths[i] for i in va_idx], pre, device, cfg.batch_size, workers)
-    test_logits = predict_logits(model, [paths[i] for i in te_idx], pre, device, cfg.batch_size, workers)
+    val_logits = predict_logits(model, [paths[i] for i in va_idx], pre, device, cfg.batch_size, cfg.workers)
+    test_logits = predict_logits(model, [paths[i] for i in te_idx], pre, device, cfg.batch_size, cfg.workers)
     stopped = len(history) < epochs
     notes = [f"{cfg.mode}: {len(history)} epochs" + (f" (early stop after {cfg.patience} without improvement)"
                                                      if stopped else "")
@@ -263,7 +218,8 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
                             "augment_preset": PRESETS.get(cfg.augment, {})})
 
 
-def predict_logits(model, paths: list[str], pre: Preprocess, device: str, batch_size: int, workers: int) -> np.ndarray:
+def predict_logits(model, paths: list[str], pre: Preprocess, device: str, batch_size: int,
+                   workers: int | None) -> np.ndarray:
     """Logits over ``paths`` through the prediction engine, exactly as ``predict`` will compute them
     (rows of unreadable images are NaN)."""
     from ..engine.backends import TorchBackend
@@ -364,7 +320,7 @@ def find_lr(ds: Dataset, cfg: TrainConfig, start: float = 1e-7, end: float = 1.0
     table, y = ds.table, ds.targets()
     tr = np.flatnonzero(table["split"].to_numpy() == "train")
     rows = ImageRows([table["path"].iat[i] for i in tr], y[tr], train_transform(pre, cfg.augment), pre.draft_size())
-    workers = cfg.workers if cfg.workers is not None else min(4, default_threads())
+    workers = cfg.loader_workers if cfg.loader_workers is not None else min(4, default_threads())
     lrs, losses, smooth, best = [], [], 0.0, math.inf
     mult = (end / start) ** (1 / max(1, steps - 1))
     lr, i = start, 0

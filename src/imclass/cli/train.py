@@ -9,24 +9,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_progress import StageProgress
-from .training.config import AUGMENTS, MODES
+from ..training.config import AUGMENTS, MODES
+from .options import EXIT_OK, BackboneAlias, JsonFlag, ModelOpt, Quiet, Workers, command, err, prefer
+from .progress import StageProgress
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
-        epilog="Examples: imclass train photos/ --out runs/photos   |   "
-               "imclass train labels.csv --multi-label --out runs/tags   |   "
-               "imclass train photos/ --mode finetune --epochs 10 --out runs/ft",
-    )(train)
+    command(app, example="imclass train photos/ --out runs/photos   |   "
+                         "imclass train labels.csv --multi-label --out runs/tags   |   "
+                         "imclass train photos/ --mode finetune --epochs 10 --out runs/ft")(train)
 
 
 def train(
     data: Annotated[Path, typer.Argument(help="Class folders, split folders (train/val/test) or a CSV.",
                                          show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (a model bundle + metrics).")] = None,
-    backbone: Annotated[str, typer.Option("--backbone",
-                                          help="default | <timm name> | hf:<id> | bundle dir")] = "default",
+    model: ModelOpt = None,
     mode: Annotated[str, typer.Option("--mode", help=f"{' | '.join(MODES)}")] = "probe",
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="finetune 15, scratch 30")] = None,
     augment: Annotated[str, typer.Option("--augment", help=f"{' | '.join(AUGMENTS)}")] = "default",
@@ -45,36 +43,33 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Run the LR range test, plot it, and stop.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=0, help="Data loading workers.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    workers: Workers = None,
+    loader_workers: Annotated[Optional[int], typer.Option(
+        "--loader-workers", min=0, help="Data-loader processes for fine-tuning (default: up to 4).")] = None,
+    as_json: JsonFlag = False,
+    quiet: Quiet = False,
+    backbone: BackboneAlias = None,
 ) -> int:
     """Train a classifier on your labelled images.
 
-    --mode probe (default) fits a logistic-regression head on cached backbone embeddings: seconds once
-    the embeddings are cached. finetune trains the whole network (augmentation, early stopping,
-    checkpoints, --resume); scratch trains a small VGG-style CNN. The run folder is a model bundle:
-    `imclass predict --model RUN` uses it.
+    --mode probe (default) fits a logistic-regression head on cached embeddings of --model (the starting
+    backbone): seconds once the embeddings are cached. finetune trains the whole network (augmentation,
+    early stopping, checkpoints, --resume); scratch trains a small VGG-style CNN. The run folder is a model
+    bundle: `imclass predict --model RUN` uses it.
     """
-    from rich.console import Console
+    from ..api import TrainConfig
+    from ..api import train as train_fn
 
-    from .errors import ImclassError
-    from .training import TrainConfig
-    from .training import train as train_fn
-
-    err = Console(stderr=True)
-    try:
-        cfg = TrainConfig(mode=mode, backbone=backbone, epochs=epochs, augment=augment, image_size=image_size,
-                          batch_size=batch_size, lr=lr, seed=seed, multi_label=multi_label,
-                          val_fraction=val_fraction, balance=balance,
-                          unknown_coverage=None if no_unknown else unknown_coverage,
-                          patience=patience, device=device, workers=workers)
-    except ImclassError as e:
-        raise typer.BadParameter(str(e)) from None
+    model = prefer(model, backbone, "--backbone", "--model")
+    cfg = TrainConfig(mode=mode, backbone=model or "default", epochs=epochs, augment=augment, image_size=image_size,
+                      batch_size=batch_size, lr=lr, seed=seed, multi_label=multi_label,
+                      val_fraction=val_fraction, balance=balance,
+                      unknown_coverage=None if no_unknown else unknown_coverage,
+                      patience=patience, device=device, workers=workers, loader_workers=loader_workers)
     if find_lr:
         return _find_lr(data, cfg, out, err, quiet)
     if out is None:
-        raise typer.BadParameter("--out RUN_FOLDER is required (where the model bundle is written)")
+        raise typer.BadParameter("--out RUN_FOLDER is required (where the model bundle is written)", param_hint="--out")
     with StageProgress(err, quiet, width=28) as progress:
         _, result = train_fn(str(data), out, config=cfg, resume=resume, progress=progress,
                              on_epoch=lambda rec: progress.print(_epoch_line(rec)))
@@ -82,7 +77,7 @@ def train(
         sys.stdout.write(json.dumps(result.metrics, indent=2, default=str) + "\n")
     elif not quiet:
         _print_result(err, result)
-    return 0
+    return EXIT_OK
 
 
 def _epoch_line(rec: dict) -> str:
@@ -123,11 +118,11 @@ def _print_result(err, result) -> None:
 
 
 def _find_lr(data: Path, cfg, out: Path | None, err, quiet: bool) -> int:
-    from .training import find_lr
+    from ..api import find_lr
 
     with StageProgress(err, quiet, width=28) as progress:
         res = find_lr(str(data), out, config=cfg, progress=progress)
     err.print(f"Suggested learning rate: {res['suggested_lr']:.2e} (minimum loss / 10: "
               f"{res['min_loss_lr_div10']:.2e}). Plot: {res['plot']}. Train with --lr {res['suggested_lr']:.1e}")
     sys.stdout.write(json.dumps({k: res[k] for k in ("suggested_lr", "min_loss_lr_div10", "plot")}) + "\n")
-    return 0
+    return EXIT_OK

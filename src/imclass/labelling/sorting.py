@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ..fileio import atomic_path
 from ..prediction import Prediction
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
@@ -50,9 +51,8 @@ class Sorter:
         if self.mode == "link":
             os.symlink(os.path.abspath(src), dest)
         else:
-            tmp = dest.with_name(dest.name + ".imclass-tmp")
-            shutil.copy2(src, tmp)
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                shutil.copy2(src, tmp)
         return dest
 
     def _same(self, src: str, dest: Path) -> bool:

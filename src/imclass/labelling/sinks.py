@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
+from ..fileio import atomic_path
 from ..prediction import Prediction
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -89,7 +90,7 @@ def open_sink(path: str | os.PathLike, *, top_k: int, resume: bool = False, over
     journal = Path(f"{path}.partial.jsonl") if fmt in ("json", "parquet") else None
     exists = path.exists() or (journal is not None and journal.exists())
     if exists and not (resume or overwrite):
-        raise OutputError(f"{path} already exists: pass --resume to continue it or --overwrite to replace it")
+        raise OutputError(f"{path} already exists: resume it (--resume) or replace it (--overwrite)")
     if overwrite and not resume:
         for p in (path, journal):
             if p is not None and p.exists():
@@ -212,12 +213,11 @@ class JournalSink(JsonlSink):
             return
         super().close()
         rows = [row for row, _ in _jsonl_rows(self.path)]
-        tmp = self.final.with_name(self.final.name + ".tmp")
-        if self.fmt == "json":
-            tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        else:
-            write_parquet(rows, tmp)
-        os.replace(tmp, self.final)
+        with atomic_path(self.final) as tmp:
+            if self.fmt == "json":
+                tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            else:
+                write_parquet(rows, tmp)
         self.path.unlink()
 
     def abort(self) -> None:
@@ -233,7 +233,10 @@ def write_parquet(rows: list[dict], path: Path) -> None:
     schema = pa.schema([
         ("path", pa.string()), ("label", pa.string()), ("score", pa.float64()), ("error", pa.string()),
         ("topk", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
+        ("labels", pa.list_(pa.string())),  # multi-label models: every label above its threshold
     ])
+    if not any("labels" in r for r in rows):  # single-label models: the columns of every earlier release
+        schema = schema.remove(schema.get_field_index("labels"))
     cols = {name: [r.get(name) for r in rows] for name in schema.names}
     pq.write_table(pa.table(cols, schema=schema), path)
 

@@ -16,24 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImclassError
+from ..fileio import atomic_path, atomic_write_text
 from ..models.bundle import library_versions
 from ..models.spec import ModelSpec
+from ..paths import cache_dir
+from .onnx_export import OPSET
 
-OPSET = 17
 #: Largest softmax difference accepted between torch and ONNX Runtime (fp32) on the self-check.
 FP32_TOLERANCE = 1e-3
 
 
 class ExportError(ImclassError):
     """An export failed or its outputs disagree with the reference model."""
-
-
-def cache_dir() -> Path:
-    """``$IMCLASS_CACHE_DIR``, else ``$XDG_CACHE_HOME/imclass``, else ``~/.cache/imclass``."""
-    if os.environ.get("IMCLASS_CACHE_DIR"):
-        return Path(os.environ["IMCLASS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "imclass"
 
 
 def fingerprint(model, spec: ModelSpec) -> str:
@@ -57,14 +51,13 @@ def cached_onnx(model, spec: ModelSpec, *, features: bool = False) -> Path:
     ``features=True``: ``model`` returns embeddings (a feature module), checked on its raw outputs
     (largest difference <= ``FP32_TOLERANCE`` times their scale) instead of probabilities.
     """
-    from .onnx import export_onnx
+    from .onnx_export import export_onnx
 
     stem = ("features-" if features else "") + re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model_id)
     path = cache_dir() / "onnx" / f"{stem}-{fingerprint(model, spec)[:20]}.onnx"
     if path.is_file():
         return path
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.onnx")
-    try:
+    with atomic_path(path, suffix=".onnx") as tmp:  # concurrent first runs: each writes its own, last wins
         export_onnx(model, spec.preprocess, tmp, opset=OPSET)
         check = self_check(model, spec, tmp)
         bad = (check["max_abs_logit_diff"] > FP32_TOLERANCE * max(1.0, check["max_abs_reference"]) if features
@@ -72,10 +65,6 @@ def cached_onnx(model, spec: ModelSpec, *, features: bool = False) -> Path:
         if bad:
             raise ExportError(f"ONNX export of {spec.model_id}{' features' if features else ''} disagrees with "
                               f"torch ({check})")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -93,10 +82,7 @@ def remember_default(spec: ModelSpec, onnx_path: Path) -> None:
     """Record the default model's verified export so that later runs start without torch."""
     from ..models.bundle import spec_to_manifest
 
-    index = _default_index()
-    tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"onnx": str(onnx_path), "manifest": spec_to_manifest(spec)}), encoding="utf-8")
-    os.replace(tmp, index)
+    atomic_write_text(_default_index(), json.dumps({"onnx": str(onnx_path), "manifest": spec_to_manifest(spec)}))
 
 
 def recall_default() -> tuple[ModelSpec, str] | None:
@@ -112,11 +98,52 @@ def recall_default() -> tuple[ModelSpec, str] | None:
         return None
 
 
+def light_spec(name: str | os.PathLike) -> ModelSpec | None:
+    """The spec of the default model (from its recorded export) or of a bundle (its manifest), read without
+    importing torch; None for anything else, or when there is nothing to read it from."""
+    from ..models import default
+    from ..models.bundle import is_bundle, manifest_to_spec, read_manifest
+
+    name = os.fspath(name)
+    if name in default.NAMES:
+        found = recall_default()
+        return found[0] if found else None
+    if is_bundle(name):
+        try:
+            spec = manifest_to_spec(read_manifest(name), source=name)
+        except ImclassError:
+            return None  # the torch path reports what is wrong
+        spec.bundle_dir = name
+        return spec
+    return None
+
+
+def ready_export(name: str | os.PathLike, *, int8: bool = False) -> tuple[ModelSpec, str] | None:
+    """``(spec, ONNX file)`` when ``name`` can run from an existing, verified export without torch.
+
+    fp32: the default model's cached export, or a bundle's ``model.onnx``; ``int8``: a bundle's INT8 file
+    (made by ``imclass export --int8``). None otherwise (a missing file, a malformed manifest: the torch
+    path then reports the problem).
+    """
+    from ..models import default
+
+    name = os.fspath(name)
+    if name in default.NAMES:
+        return None if int8 else recall_default()  # the default model has no INT8 export of its own
+    spec = light_spec(name)
+    if spec is None:
+        return None
+    onnx_file = (spec.exports.get("onnx") or {}).get("int8" if int8 else "fp32")
+    if isinstance(onnx_file, str) and onnx_file and (Path(name) / onnx_file).is_file():
+        return spec, str(Path(name) / onnx_file)
+    return None
+
+
 def self_check(model, spec: ModelSpec, onnx_path: Path, n: int = 8, seed: int = 0) -> dict:
     """Compare torch and ONNX Runtime on ``n`` synthetic images (smooth random fields, not pure noise)."""
-    from ..engine.backends import TorchBackend
-    from ..engine.onnx_backend import OnnxBackend
-    from .onnx import parity
+    from .backends import TorchBackend
+    from .onnx_backend import OnnxBackend
+    from .parity import parity
 
     ref = TorchBackend(model, spec.preprocess, device="cpu")
     cand = OnnxBackend(onnx_path, spec.preprocess)

@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .classifier import Classifier
-from .engine.sinks import Sink, open_sink
-from .engine.sorting import Sorter
-from .engine.sources import count_image_paths, iter_image_paths, validate_sources
-from .errors import ImclassError
-from .prediction import Prediction
+from .. import faults
+from ..classifier import Classifier
+from ..engine.sources import count_image_paths, iter_image_paths, validate_sources
+from ..errors import ImclassError, ParameterError
+from ..prediction import Prediction
+from .sinks import Sink, open_sink
+from .sorting import Sorter
 
 
 @dataclass
@@ -25,7 +26,8 @@ class LabelSummary:
     processed: int = 0
     skipped: int = 0
     errors: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # labelling, from the first image to the last (the model already loaded)
+    load_seconds: float = 0.0  # opening the output and loading the model
     output: str | None = None
     model: str = ""
     label_counts: Counter = field(default_factory=Counter)
@@ -52,12 +54,14 @@ def label_library(
     sort_into: str | os.PathLike | None = None,
     sort_mode: str = "copy",
     reject_unknown: bool = True,
+    on_start: Callable[[], None] | None = None,
     on_total: Callable[[int, int], None] | None = None,
     on_batch: Callable[[list[Prediction]], None] | None = None,
 ) -> LabelSummary:
     """Classify every image under ``sources`` and stream rows to ``output`` (csv/jsonl/json/parquet).
 
-    ``on_total(total, already_done)`` is called from a helper thread once the library is counted;
+    ``on_start()`` is called when labelling starts (the model loaded: ``summary.seconds`` counts from
+    here); ``on_total(total, already_done)`` from a helper thread once the library is counted;
     ``on_batch`` after every written batch. Interrupted runs continue with ``resume=True``: every
     image appears exactly once in the output.
     """
@@ -67,21 +71,23 @@ def label_library(
     if missing:
         raise ImclassError(f"no such file or folder: {', '.join(missing[:5])}")
     if top_k < 1:
-        raise ImclassError("--top-k must be >= 1")
+        raise ParameterError("top_k", "must be >= 1")
     if batch_size is not None and batch_size < 1:
-        raise ImclassError("--batch-size must be >= 1")
+        raise ParameterError("batch_size", "must be >= 1")
     if streams is not None and streams < 1:
-        raise ImclassError("--streams must be >= 1")
+        raise ParameterError("streams", "must be >= 1")
     if resume and output is None:
-        raise ImclassError("--resume needs --output (the file to continue)")
+        raise ParameterError("resume", "needs {output} (the file to continue)")
     if sort_into is not None:
         _check_sort_target(sources, sort_into)
 
+    t_load = time.perf_counter()
     sink: Sink | None = open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite) if output else None
     if isinstance(model, Classifier):
         clf = model
     else:
         clf = Classifier.load(model, device=device, backend=backend, threads=threads, streams=streams)
+    _ = clf.backend  # build the runtime now (an ONNX export on first use): loading, not labelling time
     sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
     done = sink.done if sink else set()
     summary = LabelSummary(skipped=len(done), errors=sink.errors_before if sink else 0,
@@ -94,6 +100,9 @@ def label_library(
 
     todo = (p for p in iter_image_paths(sources) if p not in done)
     t0 = time.perf_counter()
+    summary.load_seconds = t0 - t_load
+    if on_start is not None:
+        on_start()
     try:
         for preds in clf.predict_batches(todo, top_k=top_k, batch_size=batch_size, workers=workers,
                                          reject_unknown=reject_unknown):
@@ -102,6 +111,7 @@ def label_library(
                     sorter.place(p)
             if sink is not None:
                 sink.write(preds)
+            faults.checkpoint("label.batch")
             summary.processed += len(preds)
             for p in preds:
                 if p.error:

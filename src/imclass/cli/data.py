@@ -1,4 +1,4 @@
-"""``imclass data audit|clean|split|resize``: a thin face over :mod:`imclass.data`.
+"""``imclass data audit|clean|split|resize``: a thin face over :mod:`imclass.api`.
 
 Exit codes: 0 success, 1 usage or configuration error, 2 finished with per-file problems (audit: files
 that cannot be read; with ``--strict``, any finding; resize: files skipped as unreadable).
@@ -12,36 +12,41 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from .cli_progress import StageProgress
+from .options import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    BackboneAlias,
+    DataArg,
+    ImagesDir,
+    JsonFileAlias,
+    JsonFlag,
+    ModelOpt,
+    Quiet,
+    ReportAlias,
+    command,
+    deprecated,
+    err,
+    out,
+    prefer,
+)
+from .progress import StageProgress
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2
 SHOW_FILES = 5  # files listed per finding in the terminal summary
 
 data_app = typer.Typer(
     name="data", help="Audit, clean, split and resize labelled image datasets (class folders or CSV).",
     no_args_is_help=True, add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False)
 
-DataArg = Annotated[Path, typer.Argument(
-    help="Class folders (root/<class>/*), split folders (root/{train,val,test}/<class>/*) or a CSV/TSV "
-         "of filename,label[,split].", show_default=False)]
-ImagesDir = Annotated[Optional[Path], typer.Option("--images-dir", help="Folder the CSV's filenames are relative to.")]
 MultiLabel = Annotated[Optional[bool], typer.Option("--multi-label/--single-label",
                                                     help="Override the task detected from the CSV.",
                                                     show_default=False)]
 SkipBadRows = Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed CSV rows (listed) instead of "
                                                                    "stopping at the first.")]
 Embeddings = Annotated[bool, typer.Option("--embeddings/--no-embeddings",
-                                          help="Use backbone embeddings (semantic near-duplicates, label errors, "
+                                          help="Use the model's embeddings (semantic near-duplicates, label errors, "
                                                "outliers); cached by file content.")]
-Backbone = Annotated[str, typer.Option("--backbone", help="Model whose embeddings are used: default | bundle dir | "
-                                                          "timm name.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Decode threads.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -51,14 +56,14 @@ def register(app: typer.Typer) -> None:
 
 # ---- audit ------------------------------------------------------------------------------------------
 
-@data_app.command(epilog="Example: imclass data audit photos/ --report audit/ --json audit.json")
+@command(data_app, example="imclass data audit photos/ --out audit/")
 def audit(
     data: DataArg,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write DIR/audit.html (self-contained).")] = None,
-    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write every finding as JSON to FILE "
-                                                                     "('-': stdout, no table).")] = None,
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="A folder (audit.html + audit.json), or one file: .html (the report) or .json "
+                            "(every finding).")] = None,
+    model: ModelOpt = None,
     embeddings: Embeddings = True,
-    backbone: Backbone = "default",
     label_check: Annotated[bool, typer.Option("--label-check/--no-label-check",
                                               help="Look for likely label errors (needs embeddings).")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 2 on any finding (for CI), not only on "
@@ -67,35 +72,39 @@ def audit(
     multi_label: MultiLabel = None,
     skip_bad_rows: SkipBadRows = False,
     workers: Workers = 2,
+    as_json: JsonFlag = False,
     quiet: Quiet = False,
+    report: ReportAlias = None,
+    json_file: JsonFileAlias = None,
+    backbone: BackboneAlias = None,
 ) -> int:
     """Find unreadable files, duplicates, leaks, conflicting labels, likely label errors and outliers.
 
-    Prints a summary with the files involved; --report writes an HTML report with thumbnails and plots.
-    Exits 2 when some files cannot be read (with --strict: when anything is found).
+    Prints a summary with the files involved; --out writes an HTML report with thumbnails and plots and every
+    finding as JSON. Exits 2 when some files cannot be read (with --strict: when anything is found).
     """
-    from .data import audit as run_audit
-    from .data import write_report
+    from ..api import audit as run_audit
 
-    to_stdout = json_file is not None and str(json_file) == "-"
-    with _stages(quiet) as stages:
-        ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
-        res = run_audit(ds, embeddings=embeddings, backbone=backbone, label_check=label_check,
-                        workers=workers, progress=stages)
+    out_path = prefer(out_path, report, "--report", "--out")
+    model = prefer(model, backbone, "--backbone", "--model")
+    files = _audit_outputs(out_path)
     if json_file is not None:
-        text = json.dumps(res.to_dict(), ensure_ascii=False, indent=1)
-        if to_stdout:
-            sys.stdout.write(text + "\n")
+        if json_file == "-":
+            deprecated("--json -", "--json")
+            as_json = True
         else:
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-            json_file.write_text(text, encoding="utf-8")
-    if not to_stdout:
+            deprecated("--json FILE", "--out FILE.json (or --json to print)")
+            files["json_path"] = Path(json_file)
+    with _stages(quiet or as_json) as stages:
+        ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
+        res = run_audit(ds, embeddings=embeddings, backbone=model or "default", label_check=label_check,
+                        workers=workers, progress=stages, **files)
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_dict(), ensure_ascii=False, indent=1) + "\n")
+    else:
         _print_audit(res, ds)
-    if report is not None:
-        path = write_report(res, report, ds)
-        err.print(f"Report: {path}", highlight=False)
-    if json_file is not None and not to_stdout:
-        err.print(f"JSON: {json_file}", highlight=False)
+    for kind, path in res.files.items():
+        err.print(f"{'Report' if kind == 'report' else 'JSON'}: {path}", highlight=False)
     counts = res.counts()
     found = sum(v for k, v in counts.items() if k != "exact_duplicate_extra_files")
     return EXIT_PARTIAL if res.unreadable or (strict and found) else EXIT_OK
@@ -105,7 +114,7 @@ def _print_audit(res, ds) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from .data.audit import split_overview, summary_lines
+    from ..data.findings import split_overview, summary_lines
 
     d = res.dataset
     out.print(f"[bold]{escape(str(d['source']))}[/bold]: {d['images']} images, {len(d['classes'])} classes "
@@ -154,7 +163,7 @@ def _print_audit(res, ds) -> None:
 
 # ---- clean ------------------------------------------------------------------------------------------
 
-@data_app.command(epilog="Example: imclass data clean photos/ --out photos-clean --drop corrupt,duplicates,leaks")
+@command(data_app, example="imclass data clean photos/ --out photos-clean --drop corrupt,duplicates,leaks")
 def clean(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="New (or empty) folder for the cleaned dataset.",
@@ -165,28 +174,31 @@ def clean(
                        "Default: corrupt,non-images,duplicates,leaks,conflicts.", show_default=False)] = None,
     copy: Annotated[bool, typer.Option("--copy", help="Copy the files.")] = False,
     link: Annotated[bool, typer.Option("--link", help="Symlink the files (the default).")] = False,
-    backbone: Backbone = "default",
+    model: ModelOpt = None,
     images_dir: ImagesDir = None,
     multi_label: MultiLabel = None,
     skip_bad_rows: SkipBadRows = False,
     workers: Workers = 2,
-    as_json: AsJson = False,
+    as_json: JsonFlag = False,
     quiet: Quiet = False,
+    backbone: BackboneAlias = None,
 ) -> int:
     """Write a cleaned copy of DATA (links or copies, same folder structure) without the files --drop names.
 
     Writes OUT/manifest.csv (re-importable) and OUT/excluded.csv (path, reason). Duplicate groups keep one
     file; the originals are never modified.
     """
-    from .data import clean as run_clean
-    from .data.clean import parse_drop
+    from ..api import clean as run_clean
+    from ..data.clean import parse_drop
+
+    model = prefer(model, backbone, "--backbone", "--model")
 
     if copy and link:
         raise typer.BadParameter("--copy and --link are mutually exclusive")
     drops = parse_drop(drop)
     with _stages(quiet) as stages:
         ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
-        res = run_clean(ds, out_dir, drop=drops, mode="copy" if copy else "link", backbone=backbone,
+        res = run_clean(ds, out_dir, drop=drops, mode="copy" if copy else "link", backbone=model or "default",
                         workers=workers, progress=stages)
     summary = res.to_dict()
     if as_json:
@@ -201,7 +213,7 @@ def clean(
 
 # ---- split ------------------------------------------------------------------------------------------
 
-@data_app.command(epilog="Example: imclass data split photos/ --out splits/ --val 0.2 --test 0.1 --seed 0")
+@command(data_app, example="imclass data split photos/ --out splits/ --val 0.2 --test 0.1 --seed 0")
 def split(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for dataset.csv (and --materialize folders).",
@@ -217,27 +229,30 @@ def split(
                                                                     "(single-label).")] = False,
     copy: Annotated[bool, typer.Option("--copy", help="With --materialize: copy instead of symlinking.")] = False,
     embeddings: Embeddings = True,
-    backbone: Backbone = "default",
+    model: ModelOpt = None,
     images_dir: ImagesDir = None,
     multi_label: MultiLabel = None,
     skip_bad_rows: SkipBadRows = False,
     workers: Workers = 2,
-    as_json: AsJson = False,
+    as_json: JsonFlag = False,
     quiet: Quiet = False,
+    backbone: BackboneAlias = None,
 ) -> int:
     """Stratified, reproducible train/val/test split (multi-label aware) written to OUT/dataset.csv.
 
     Duplicate groups (same content, near-identical by pHash or embeddings) stay in one split. Rows that
     already have a split keep it unless --resplit; new rows top the splits up to the fractions asked.
     """
-    from .data import split as run_split
+    from ..api import split as run_split
+
+    model = prefer(model, backbone, "--backbone", "--model")
 
     if copy and not materialize:
         raise typer.BadParameter("--copy only makes sense with --materialize")
     with _stages(quiet) as stages:
         ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
         res = run_split(ds, val=val, test=test, seed=seed, group_duplicates=group_duplicates, resplit=resplit,
-                        embeddings=embeddings, backbone=backbone, out=out_dir, materialize=materialize,
+                        embeddings=embeddings, backbone=model or "default", out=out_dir, materialize=materialize,
                         mode="copy" if copy else "link", workers=workers, progress=stages)
     if as_json:
         out.print_json(json.dumps(res.to_dict()))
@@ -265,7 +280,7 @@ def split(
 
 # ---- resize -----------------------------------------------------------------------------------------
 
-@data_app.command(epilog="Example: imclass data resize photos/ --out photos-256 --size 256 --crop 224")
+@command(data_app, example="imclass data resize photos/ --out photos-256 --size 256 --crop 224")
 def resize(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the resized images.", show_default=False)],
@@ -276,7 +291,7 @@ def resize(
     multi_label: MultiLabel = None,
     skip_bad_rows: SkipBadRows = False,
     workers: Workers = 2,
-    as_json: AsJson = False,
+    as_json: JsonFlag = False,
     quiet: Quiet = False,
 ) -> int:
     """Resize every image (shorter side to --size, then an optional centre --crop), keeping the folders.
@@ -284,7 +299,7 @@ def resize(
     Resumable: run it again to finish; complete outputs are kept. A CSV dataset also gets a CSV in OUT.
     Exits 2 when some files could not be read (they are listed and left out).
     """
-    from .data import resize as run_resize
+    from ..api import resize as run_resize
 
     if crop is not None and crop > size:
         raise typer.BadParameter(f"--crop ({crop}) cannot exceed --size ({size})")
@@ -315,7 +330,7 @@ STAGE_NAMES = {"read": "Reading files", "decode": "Decoding", "embed": "Embeddin
 
 
 def _load(data: Path, images_dir, multi_label, skip_bad_rows: bool, stages: StageProgress):
-    from .data import load_dataset
+    from ..api import load_dataset
 
     ds = load_dataset(data, images_dir=images_dir, multi_label=multi_label,
                       on_error="skip" if skip_bad_rows else "raise", progress=lambda d, t: stages("read", d, t))
@@ -327,6 +342,18 @@ def _load(data: Path, images_dir, multi_label, skip_bad_rows: bool, stages: Stag
         if len(ds.problems) > SHOW_FILES:
             err.print(f"[yellow]... and {len(ds.problems) - SHOW_FILES} more rows skipped[/yellow]")
     return ds
+
+
+def _audit_outputs(target: Path | None) -> dict[str, Path | None]:
+    """``--out`` of audit: a folder gets audit.html and audit.json; a ``.json`` or ``.html`` file just that."""
+    if target is None:
+        return {}
+    suffix = target.suffix.lower()
+    if suffix == ".json":
+        return {"json_path": target}
+    if suffix in (".html", ".htm"):
+        return {"report": target}
+    return {"report": target, "json_path": target / "audit.json"}
 
 
 def _stages(quiet: bool) -> StageProgress:

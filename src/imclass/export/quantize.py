@@ -1,15 +1,7 @@
-"""ONNX export, static INT8 quantisation and numeric parity checks.
+"""Static INT8 quantisation (QDQ) of an exported ONNX model with ONNX Runtime's quantiser.
 
-The exported graph takes the *normalised* float32 NCHW batch ``pixels`` (dynamic batch axis) and returns
-``logits``; :class:`~imclass.engine.onnx_backend.OnnxBackend` normalises ``uint8`` NHWC batches itself,
-exactly as :class:`~imclass.engine.backends.TorchBackend` does. The preprocessing is recorded in the
-graph's metadata (``imclass.preprocess``) so an ``.onnx`` file is self-describing.
-
-timm's TensorFlow-style ``same`` padding (``Conv2dSame``, ``MaxPool2dSame``, ``AvgPool2dSame``, used by all
-``tf_*`` models including the default EfficientNet-Lite0) computes its padding from the input size at run
-time, which exports as ~150 shape-arithmetic nodes and an explicit ``Pad`` before every strided conv. The
-input size is fixed by the preprocessing, so those pads are frozen to constants before export; ONNX Runtime
-then fuses them into the convolutions.
+Calibration ranges are computed on ``uint8`` batches of real photos; bias correction and per-channel weights are
+applied; the candidates of :func:`imclass.export.bundle.export_bundle` share one :class:`_QuantWork` folder.
 """
 
 from __future__ import annotations
@@ -18,15 +10,15 @@ import copy
 import json
 import os
 import tempfile
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "logits"
+from ..engine.onnx_export import set_metadata
+from ..fileio import atomic_path
+
 METHODS = ("minmax", "entropy", "percentile")
 #: Images per calibration run. ORT's calibrators run a copy of the graph that outputs every intermediate
 #: tensor and hold them all for a run: quantising Lite0 on 256 photos peaked at 2.5 GB (minmax) / 1.9 GB
@@ -35,107 +27,6 @@ METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_RUN = 4
 
 
-# ---- export -----------------------------------------------------------------------------------------
-def export_onnx(model, preprocess, path: str | os.PathLike, *, opset: int = 17) -> Path:
-    """Export ``model`` (normalised float32 NCHW -> logits) to ``path`` and check the file.
-
-    Uses the TorchScript exporter (``dynamo=False``): it needs no ``onnxscript`` and gives a plain,
-    constant-folded graph. The model is not modified (a copy is exported when padding is frozen).
-    """
-    import onnx
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = preprocess.input_size
-    model = freeze_same_padding(model.eval(), (h, w))
-    dummy = torch.zeros(1, 3, h, w)
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "You are using the legacy TorchScript-based ..."
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # reversed pads; ORT folds
-        torch.onnx.export(
-            model, (dummy,), str(tmp),
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset, do_constant_folding=True, dynamo=False,
-        )
-    proto = onnx.load(str(tmp))
-    _set_metadata(proto, {"imclass.preprocess": json.dumps(preprocess.to_dict()),
-                          "imclass.input": "normalized_nchw_float32"})
-    onnx.save(proto, str(tmp))
-    onnx.checker.check_model(str(tmp), full_check=True)
-    os.replace(tmp, path)
-    return path
-
-
-def freeze_same_padding(model, input_size: tuple[int, int]):
-    """Return ``model`` with timm's dynamic ``same`` padding replaced by constant padding for ``input_size``.
-
-    Returns ``model`` itself when it has no such layers, otherwise a modified deep copy.
-    """
-    import torch
-    from torch import nn
-
-    try:
-        from timm.layers.conv2d_same import Conv2dSame
-        from timm.layers.padding import pad_same_arg
-        from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return model
-    same_types = (Conv2dSame, MaxPool2dSame, AvgPool2dSame)
-    if not any(isinstance(m, same_types) for m in model.modules()):
-        return model
-
-    model = copy.deepcopy(model)
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda _m, args, n=name: sizes.__setitem__(n, tuple(args[0].shape[-2:])))
-             for name, m in model.named_modules() if isinstance(m, same_types)]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *input_size))
-    finally:
-        for hk in hooks:
-            hk.remove()
-    for name, size in sizes.items():
-        m = model.get_submodule(name)
-        if isinstance(m, Conv2dSame):
-            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, 0, m.dilation, m.groups,
-                              bias=m.bias is not None)
-            plain.weight, plain.bias = m.weight, m.bias
-            pads, value = pad_same_arg(list(size), list(m.kernel_size), list(m.stride), list(m.dilation)), 0.0
-        elif isinstance(m, MaxPool2dSame):
-            plain = nn.MaxPool2d(m.kernel_size, m.stride, 0, m.dilation, ceil_mode=m.ceil_mode)
-            pads, value = pad_same_arg(list(size), list(m.kernel_size), list(m.stride), list(m.dilation)), -float("inf")
-        else:
-            plain = nn.AvgPool2d(m.kernel_size, m.stride, 0, ceil_mode=m.ceil_mode,
-                                 count_include_pad=m.count_include_pad)
-            pads, value = pad_same_arg(list(size), list(m.kernel_size), list(m.stride), [1, 1]), 0.0
-        pads = tuple(int(p) for p in pads)
-        new = nn.Sequential(nn.ConstantPad2d(pads, value), plain) if any(pads) else plain
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new.train(m.training))
-    return model
-
-
-def _set_metadata(proto, items: dict[str, str]) -> None:
-    keep = [p for p in proto.metadata_props if p.key not in items]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for k, v in items.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (without loading the weights)."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-# ---- quantisation -----------------------------------------------------------------------------------
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
                   calibration_batches: Iterable[np.ndarray], *, per_channel: bool = True,
                   method: str = "minmax", nodes_to_exclude: Iterable[str] | None = None,
@@ -226,7 +117,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
         "format": "QDQ", "weights": "int8", "activations": activation_type, "per_channel": per_channel,
         "method": method, "calibration_images": int(sum(len(b) for b in batches)), "excluded": exclude,
         "bias_corrected": corrected})
-    _set_metadata(proto, meta)
+    set_metadata(proto, meta)
     onnx.save(proto, str(int8_path))
     return int8_path
 
@@ -267,9 +158,8 @@ class _QuantWork:
         if not pre.is_file():
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            tmp = self.root / f".pre.{os.getpid()}.onnx"
-            quant_pre_process(str(self.fp32_path), str(tmp), skip_symbolic_shape=False)
-            os.replace(tmp, pre)
+            with atomic_path(pre, suffix=".onnx") as tmp:
+                quant_pre_process(str(self.fp32_path), str(tmp), skip_symbolic_shape=False)
         return pre
 
     def ranges(self, method: str, options: dict[str, Any]) -> Path:
@@ -432,54 +322,3 @@ class _BatchReader(_calibration_reader_base()):
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._it, None)
         return None if batch is None else {self.input_name: batch}
-
-
-# ---- parity -----------------------------------------------------------------------------------------
-def parity(reference_fn: Callable[[np.ndarray], np.ndarray], candidate_fn: Callable[[np.ndarray], np.ndarray],
-           batches: Iterable[np.ndarray], *, multi_label: bool = False) -> dict[str, float]:
-    """Compare two ``batch -> logits`` functions on the same batches.
-
-    Returns ``top1_agreement`` (fraction of rows whose arg-max agrees), ``max_abs_prob_diff`` (largest
-    difference of softmax probabilities, sigmoid when ``multi_label``), ``mean_kl`` (mean KL divergence of
-    the candidate's probabilities from the reference's: a smooth measure of the whole distribution, summed
-    over labels as Bernoulli KLs when ``multi_label``), ``max_abs_logit_diff``, ``max_abs_reference`` (the
-    largest reference output, for relative checks) and ``n``.
-    """
-    n = agree = 0
-    max_prob = max_logit = max_ref = kl_sum = 0.0
-    for batch in batches:
-        ref = np.asarray(reference_fn(batch), dtype=np.float64)
-        cand = np.asarray(candidate_fn(batch), dtype=np.float64)
-        if ref.shape != cand.shape:
-            raise ValueError(f"parity: shapes differ: reference {ref.shape}, candidate {cand.shape}")
-        n += len(ref)
-        agree += int((ref.argmax(1) == cand.argmax(1)).sum())
-        max_logit = max(max_logit, float(np.abs(ref - cand).max(initial=0.0)))
-        max_ref = max(max_ref, float(np.abs(ref).max(initial=0.0)))
-        act = _sigmoid if multi_label else _softmax
-        p, q = act(ref), act(cand)
-        max_prob = max(max_prob, float(np.abs(p - q).max(initial=0.0)))
-        kl_sum += float(_kl(p, q, multi_label).sum())
-    return {"top1_agreement": agree / n if n else float("nan"), "max_abs_prob_diff": max_prob,
-            "mean_kl": kl_sum / n if n else float("nan"),
-            "max_abs_logit_diff": max_logit, "max_abs_reference": max_ref, "n": n}
-
-
-def _kl(p: np.ndarray, q: np.ndarray, bernoulli: bool) -> np.ndarray:
-    """Per-row KL(p || q); ``bernoulli``: each column is its own two-outcome distribution."""
-    eps = 1e-12
-    p, q = np.clip(p, eps, 1.0), np.clip(q, eps, 1.0)
-    kl = p * (np.log(p) - np.log(q))
-    if bernoulli:
-        p1, q1 = np.clip(1.0 - p, eps, 1.0), np.clip(1.0 - q, eps, 1.0)
-        kl = kl + p1 * (np.log(p1) - np.log(q1))
-    return kl.sum(axis=1)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))

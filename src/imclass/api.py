@@ -1,0 +1,165 @@
+"""The Python API: one function per capability. Every face (CLI, server, studio) calls these, so a
+capability exists once.
+
+>>> import imclass
+>>> clf = imclass.load()                                    # embedded ImageNet model, offline
+>>> [p.label for p in clf.predict("photos/")]              # a folder, paths or PIL images
+>>> imclass.label_library(["photos/"], output="labels.csv") # resumable, one row per image
+>>> clf, run = imclass.train("my_classes/", out="runs/mine")
+>>> imclass.evaluate("runs/mine", "my_classes/", report="eval/").metrics["accuracy"]
+>>> imclass.explain("runs/mine", "photos/", out="cams/")   # CAM overlays, one PNG per image
+>>> imclass.export("runs/mine", "runs/mine-onnx", int8=True, calibration=["photos/"])
+>>> imclass.audit("my_classes/", report="audit/").counts()
+
+Errors a caller can fix raise :class:`~imclass.errors.ImclassError`; invalid arguments raise
+:class:`~imclass.errors.ParameterError`, which names the parameter (``top_k must be >= 1``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import ImageLoadError, ImclassError, ModelNotFoundError, ParameterError
+
+#: Names this module re-exports from the workflows, imported on first use (``imclass --help`` stays fast).
+_LAZY = {
+    "AuditResult": ".data", "CleanResult": ".data", "Dataset": ".data", "ResizeResult": ".data",
+    "SplitResult": ".data", "audit": ".data", "clean": ".data", "load_dataset": ".data", "resize": ".data",
+    "split": ".data",
+    "Comparison": ".evaluation", "EvalResult": ".evaluation", "Explanation": ".evaluation",
+    "compare": ".evaluation", "evaluate": ".evaluation", "explain": ".evaluation",
+    "LabelSummary": ".labelling", "label_library": ".labelling",
+    "TrainConfig": ".training.config", "TrainResult": ".training.config", "find_lr": ".training.api",
+    "train": ".training.api",
+    "Classifier": ".classifier", "Prediction": ".prediction", "Preprocess": ".preprocess",
+    "ExportResult": ".export.bundle",
+}
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
+    from .data import (
+        AuditResult,
+        CleanResult,
+        Dataset,
+        ResizeResult,
+        SplitResult,
+        audit,
+        clean,
+        load_dataset,
+        resize,
+        split,
+    )
+    from .evaluation import Comparison, EvalResult, Explanation, compare, evaluate, explain
+    from .export.bundle import ExportResult
+    from .labelling import LabelSummary, label_library
+    from .prediction import Prediction
+    from .preprocess import Preprocess
+    from .training.api import find_lr, train
+    from .training.config import TrainConfig, TrainResult
+
+__all__ = [
+    "AuditResult",
+    "Classifier",
+    "CleanResult",
+    "Comparison",
+    "Dataset",
+    "EvalResult",
+    "Explanation",
+    "ExportResult",
+    "ImageLoadError",
+    "ImclassError",
+    "LabelSummary",
+    "ModelNotFoundError",
+    "ParameterError",
+    "Prediction",
+    "Preprocess",
+    "ResizeResult",
+    "SplitResult",
+    "TrainConfig",
+    "TrainResult",
+    "audit",
+    "clean",
+    "compare",
+    "evaluate",
+    "explain",
+    "export",
+    "find_lr",
+    "label_library",
+    "load",
+    "load_dataset",
+    "load_image",
+    "models",
+    "resize",
+    "split",
+    "train",
+]
+
+
+def load(name: str | os.PathLike = "default", *, device: str = "auto", threads: int | None = None,
+         backend: str = "auto", streams: int | None = None) -> Classifier:
+    """Load a classifier: ``default`` (embedded ImageNet model), a bundle folder, ``hf:<id>``, a timm name
+    (the grammar: :func:`models`).
+
+    ``backend``: ``auto`` (ONNX Runtime on CPU, torch on CUDA), ``torch``, ``onnx`` or ``onnx-int8``.
+    ``threads``: CPU threads for the model; ``streams``: batches inferred at once, each with
+    ``threads // streams`` threads (default: 2 for ONNX Runtime on CPU, else 1; 1 is best for latency).
+    """
+    from .classifier import Classifier
+
+    return Classifier.load(name, device=device, threads=threads, backend=backend, streams=streams)
+
+
+def models() -> list[dict[str, str]]:
+    """The ways to name a model (``{"name", "what"[, "weights"]}`` per kind): what :func:`load` accepts."""
+    from .models.registry import model_names
+
+    return model_names()
+
+
+def export(model: Any = "default", out: str | os.PathLike | None = None, *, int8: bool = False,
+           calibration: Sequence[str | os.PathLike] | None = None, force: bool = False) -> ExportResult:
+    """Export ``model`` (a name or a :class:`Classifier`) to an ONNX bundle folder ``out``, checked against torch.
+
+    ``int8``: also write a static INT8 model, calibrated on ``calibration`` (image files or folders: photos
+    like the ones it will label; at least 64). The parity of each file with the torch model is measured on
+    held-out calibration photos (synthetic images without them) and recorded in the bundle's manifest; an
+    export below the agreement thresholds is refused unless ``force``. Default ``out``: ``<model>-onnx``.
+    """
+    from .classifier import Classifier
+    from .engine.sources import iter_image_paths, validate_sources
+    from .export.bundle import export_bundle
+
+    if calibration is not None and not isinstance(calibration, (list, tuple)):
+        calibration = [calibration]  # type: ignore[list-item]
+    if calibration:
+        missing = validate_sources(calibration)
+        if missing:
+            raise ParameterError("calibration", f"names no such file or folder: {', '.join(missing[:3])}")
+    if int8 and not calibration:
+        raise ParameterError("int8", "needs {calibration} photos (a folder of images like the ones it will label)")
+    if isinstance(model, Classifier):
+        clf = model
+        name = model.spec.source or model.spec.model_id
+    else:
+        name = os.fspath(model)
+        clf = Classifier.load(name, device="cpu", backend="torch")
+    target = out if out is not None else f"{os.path.basename(os.path.normpath(name)) or 'model'}-onnx"
+    images = list(iter_image_paths([os.fspath(c) for c in calibration])) if calibration else None
+    return export_bundle(clf, target, int8=int8, images=images, force=force)
+
+
+def load_image(src: Any):
+    """One image through the safe loader (EXIF orientation, modes, bomb guard) as an RGB PIL image."""
+    from .images import load_image as _load
+
+    return _load(src)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __package__), name)
+    raise AttributeError(f"module 'imclass.api' has no attribute {name!r}")

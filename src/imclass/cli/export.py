@@ -1,0 +1,60 @@
+"""``imclass export``: an ONNX (+ INT8) bundle checked against torch (a thin face over :func:`imclass.export`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import EXIT_OK, JsonFlag, ModelOpt, command, err, out, prefer
+
+
+def register(app: typer.Typer) -> None:
+    command(app, example="imclass export --model runs/flowers --int8 --calibration photos/ --out runs/flowers-onnx")(
+        export)
+
+
+def export(
+    model: ModelOpt = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Bundle folder to write "
+                                                                        "(default: <model>-onnx).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
+    int8: Annotated[bool, typer.Option("--int8", help="Also write a static INT8 model (needs --calibration).")] = False,
+    calibration: Annotated[Optional[list[Path]], typer.Option(
+        "--calibration", "-c",
+        help="Photos (file or folder; repeat for more) for INT8 calibration and the parity check.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Keep an export that fails the parity check.")] = False,
+    as_json: JsonFlag = False,
+    model_arg: Annotated[Optional[str], typer.Argument(hidden=True, show_default=False)] = None,
+) -> int:
+    """Export a model to ONNX (and static INT8) as a bundle, with its parity against the PyTorch model.
+
+    The parity (top-1 agreement, largest probability difference) is measured on held-out --calibration
+    photos and recorded in the bundle; `imclass predict --model OUT --backend onnx-int8` runs the INT8 file.
+    """
+    from ..api import export as export_model
+
+    if model_arg is not None:
+        model = prefer(model, model_arg, "the positional MODEL", "--model MODEL")
+    if fmt != "onnx":
+        raise typer.BadParameter(f"unsupported format {fmt!r}; only 'onnx' is available", param_hint="--format")
+    res = export_model(model or "default", out_dir, int8=int8, calibration=calibration, force=force)
+    if as_json:
+        out.print_json(json.dumps({"path": str(res.path), "files": res.files, "parity": res.parity,
+                                   "passed": res.passed, "warnings": res.warnings,
+                                   "quantization": res.quantization}))
+        return EXIT_OK
+    for c in (res.quantization or {}).get("search", []):
+        err.print(f"int8 candidate {c['method']}, leading convs in float: {c.get('exclude_first_convs', 0)}: "
+                  f"mean KL {c['calibration_mean_kl']:.4f}, top-1 agreement "
+                  f"{c['calibration_top1_agreement']:.2%} on the calibration photos", highlight=False)
+    for kind, p in res.parity.items():
+        out.print(f"{kind}: top-1 agreement with torch {p['top1_agreement']:.2%} on {p['n']} {p['images']}, "
+                  f"max probability difference {p['max_abs_prob_diff']:.2e}", highlight=False)
+    for w in res.warnings:
+        err.print(f"[bold red]WARNING:[/bold red] {w}")
+    err.print(f"Exported bundle: {res.path} ({', '.join(res.files.values())}); "
+              f"use it with: imclass predict PHOTOS --model {res.path}", highlight=False)
+    return EXIT_OK

@@ -1,0 +1,136 @@
+"""What every verb shares: exit codes, option types, consoles, help text, error messages and the
+deprecated spellings of the previous release.
+
+The grammar (README, "One grammar"): ``imclass VERB [NOUN] INPUTS... --model M --out O [--json]``.
+Positional arguments are what the verb works on; the model is always ``--model/-m``; what a verb writes
+goes to ``--out/-o``; ``--json`` prints the machine-readable result on stdout; ``--workers`` is decode threads.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+#: Exit codes of every verb (and of ``imclass serve``).
+EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Progress, summaries and warnings go to stderr; results (tables, rows, ``--json``) to stdout.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+MODEL_HELP = "default | bundle dir | hf:<id> | timm name (see `imclass models`)"
+
+# ---- option types ---------------------------------------------------------------------------------------
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model: {MODEL_HELP}. Default: default.",
+                                                 show_default=False)]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the machine-readable result on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads.")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
+Backend = Annotated[str, typer.Option("--backend", help="auto | torch | onnx | onnx-int8")]
+BatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", min=1, help="Images per model call (default: 16, shared by the streams).")]
+ImagesDir = Annotated[Optional[Path], typer.Option("--images-dir", help="Folder a CSV's filenames are relative to.")]
+DataArg = Annotated[Path, typer.Argument(
+    help="Class folders (root/<class>/*), split folders (root/{train,val,test}/<class>/*) or a CSV/TSV "
+         "of filename,label[,split].", show_default=False)]
+
+# ---- deprecated spellings (hidden; they print one warning line and keep working for one release) ----------
+OutputAlias = Annotated[Optional[Path], typer.Option("--output", hidden=True)]
+BackboneAlias = Annotated[Optional[str], typer.Option("--backbone", hidden=True)]
+ReportAlias = Annotated[Optional[Path], typer.Option("--report", "-r", hidden=True)]
+JsonFileAlias = Annotated[Optional[str], typer.Option("--json-file", hidden=True)]
+
+#: Verbs whose ``--json`` took a FILE in the previous release (``--json FILE`` still works, deprecated).
+JSON_FILE_VERBS = {("evaluate",), ("compare",), ("data", "audit")}
+
+#: How API parameter names read on the command line where they differ from ``--name-with-dashes``.
+FLAGS = {"backbone": "--model", "model": "--model", "models": "--model", "output": "--out", "out": "--out",
+         "report": "--out", "json_path": "--out", "images": "IMAGES", "sources": "SOURCES", "data": "DATA",
+         "calibration": "--calibration"}
+
+
+def flag(param: str) -> str:
+    """The command-line spelling of an API parameter (``top_k`` -> ``--top-k``)."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def deprecated(old: str, new: str) -> None:
+    """One warning line for an old spelling that still works."""
+    err.print(f"[yellow]warning:[/yellow] {old} is deprecated and will be removed in the next release; "
+              f"use {new}", highlight=False)
+
+
+T = TypeVar("T")
+
+
+def prefer(new: T | None, old: T | None, old_name: str, new_name: str) -> T | None:
+    """The value of an option given under its new or (deprecated) old name; both at once is an error."""
+    if old is None:
+        return new
+    if new is not None:
+        raise typer.BadParameter(f"give {new_name} only ({old_name} is its deprecated old name)")
+    deprecated(old_name, new_name)
+    return old
+
+
+def looks_like_model(name: str) -> bool:
+    """Whether a positional argument of the previous grammar was a model name rather than an image or a folder."""
+    from ..models import default
+    from ..models.bundle import is_bundle
+
+    if name in default.NAMES or name.startswith("hf:") or is_bundle(name):
+        return True
+    if os.path.exists(name):
+        return False
+    from ..images import is_image_name
+
+    return not is_image_name(name)
+
+
+def check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=name)
+
+
+# ---- help text ------------------------------------------------------------------------------------------
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reflow(doc: str | None) -> str:
+    """A docstring as help text: paragraphs (separated by blank lines) flow, so the terminal wraps them."""
+    if not doc:
+        return ""
+    text = inspect.cleandoc(doc)
+    paras = [re.sub(r"\s*\n\s*", " ", p.strip()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return "\n\n".join(paras)
+
+
+def command(app: typer.Typer, name: str | None = None, *, example: str, **kwargs: Any) -> Callable[[F], F]:
+    """Register ``fn`` as a verb of ``app`` with reflowed help and an ``Example:`` epilog."""
+
+    def register(fn: F) -> F:
+        app.command(name, help=reflow(fn.__doc__), epilog=f"Example: {example}", **kwargs)(fn)
+        return fn
+
+    return register
+
+
+def images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def fmt(v: Any) -> str:
+    """A metric for a table cell."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)

@@ -1,0 +1,176 @@
+"""``imclass predict``: label every image in SOURCES (a thin face over :func:`imclass.label_library`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    Backend,
+    BatchSize,
+    Device,
+    JsonFlag,
+    ModelOpt,
+    OutputAlias,
+    Quiet,
+    Workers,
+    command,
+    err,
+    out,
+    prefer,
+)
+
+
+def register(app: typer.Typer) -> None:
+    command(app, example="imclass predict ~/Photos --out labels.csv --top-k 3")(predict)
+
+
+def predict(
+    sources: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).",
+                                                  show_default=False)],
+    model: ModelOpt = None,
+    out_file: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="File to write: .csv .jsonl .json .parquet (the extension picks the format).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image in the output.")] = 5,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    sort_into: Annotated[Optional[Path], typer.Option("--sort-into", help="Copy images into DIR/<label>/.")] = None,
+    link: Annotated[bool, typer.Option("--link", help="With --sort-into: symlink instead of copying.")] = False,
+    copy: Annotated[bool, typer.Option("--copy", help="With --sort-into: copy (the default).")] = False,
+    no_unknown: Annotated[bool, typer.Option(
+        "--no-unknown", help="Always give the top class, even when the model's 'unknown' threshold says no.")] = False,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    device: Device = "auto",
+    backend: Backend = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Inference threads.")] = None,
+    streams: Annotated[Optional[int], typer.Option(
+        "--streams", min=1, help="Batches inferred at once, each with threads/streams threads "
+        "(default: 2 for ONNX Runtime on CPU, else 1).")] = None,
+    as_json: JsonFlag = False,
+    quiet: Quiet = False,
+    output: OutputAlias = None,
+) -> int:
+    """Classify every image in SOURCES with the embedded ImageNet model or any --model.
+
+    Without --out the results are printed on stdout (one line per image; JSON lines with --json); with
+    --out they are written to the file, flushed after every batch, and --resume continues an interrupted run.
+    --backend auto runs ONNX Runtime on CPU (the model is exported and cached on first use) and PyTorch on CUDA.
+    """
+    from ..api import label_library
+
+    out_file = prefer(out_file, output, "--output", "--out")
+    if link and copy:
+        raise typer.BadParameter("--link and --copy are mutually exclusive")
+    if (link or copy) and sort_into is None:
+        raise typer.BadParameter("--link/--copy only make sense with --sort-into DIR")
+    show_rows = out_file is None or as_json
+    bar = None if quiet else LabelBar()
+
+    def on_batch(preds) -> None:
+        if bar is not None:
+            bar.advance(preds)
+        if show_rows:
+            _print_rows(preds, as_json, bar)
+
+    try:
+        summary = label_library(
+            [str(s) for s in sources], model=model or "default", device=device, backend=backend, threads=threads,
+            streams=streams, output=out_file, top_k=top_k, batch_size=batch_size,
+            workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
+            sort_mode="link" if link else "copy", reject_unknown=not no_unknown,
+            on_start=None if bar is None else bar.start,
+            on_total=None if bar is None else bar.total, on_batch=on_batch)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if not quiet:
+        _print_summary(summary)
+    return EXIT_PARTIAL if summary.errors else EXIT_OK
+
+
+class LabelBar:
+    """The labelling progress bar (stderr). Its clock starts when labelling starts (after the model is loaded),
+    the same moment the summary's time is measured from, and it shows a rate once a batch is done."""
+
+    def __init__(self):
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        from .progress import rich_progress
+
+        class Rate(ProgressColumn):
+            def render(self, task) -> Text:
+                elapsed = task.elapsed or 0.0
+                if not task.completed or elapsed <= 0:
+                    return Text("    - img/s")
+                return Text(f"{task.completed / elapsed:6.1f} img/s")
+
+        class Errors(ProgressColumn):
+            def render(self, task) -> Text:
+                n = task.fields.get("errors", 0)
+                return Text(f"{n} errors", style="red" if n else "dim")
+
+        self.progress = rich_progress(err, Rate(), Errors(), redirect_stdout=False, redirect_stderr=False)
+        self.task = self.progress.add_task("Labelling", total=None, errors=0, start=False)
+        self.errors = 0
+
+    @property
+    def console(self):
+        return self.progress.console
+
+    def start(self) -> None:
+        """Labelling starts (the model is loaded): show the bar and start its clock."""
+        self.progress.start()
+        self.progress.start_task(self.task)
+
+    def total(self, total: int, done: int) -> None:
+        self.progress.update(self.task, total=total - done)
+
+    def advance(self, preds) -> None:
+        self.errors += sum(p.error is not None for p in preds)
+        self.progress.update(self.task, advance=len(preds), errors=self.errors)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _print_rows(preds, as_json: bool, bar: LabelBar | None) -> None:
+    """Results on stdout; when stdout and the bar share a terminal, through the bar (printed above it)."""
+    if as_json:
+        for p in preds:
+            sys.stdout.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.markup import escape
+
+    console = bar.console if bar is not None and sys.stdout.isatty() and bar.console.is_terminal else out
+    for p in preds:
+        if p.error:
+            console.print(f"[red]✗[/red] {escape(p.path)}  [red]{escape(p.error)}[/red]", highlight=False)
+        else:
+            alt = ", ".join(f"{escape(lab)} {s:.2f}" for lab, s in p.topk[1:3])
+            console.print(f"[green]✓[/green] {escape(p.path)}  [bold]{escape(p.label or '')}[/bold] "
+                          f"{p.score:.2f}  [dim]{alt}[/dim]", highlight=False)
+
+
+def _print_summary(s) -> None:
+    top = ", ".join(f"{lab} ({n})" for lab, n in s.label_counts.most_common(5))
+    noun = "image" if s.processed == 1 else "images"
+    msg = (f"Labelled {s.processed} {noun} in {s.seconds:.1f}s ({s.images_per_second:.1f} img/s) "
+           f"with {s.model}; the model loaded in {s.load_seconds:.1f}s")
+    if s.skipped:
+        msg += f"; {s.skipped} already done (resumed)"
+    err.print(msg, highlight=False)
+    if top:
+        err.print(f"Most common: {top}", highlight=False)
+    if s.errors:
+        err.print(f"[yellow]{s.errors} images could not be read (see the error column)[/yellow]")
+    if s.output:
+        err.print(f"Output: {s.output}", highlight=False)
