@@ -120,3 +120,27 @@ def test_new_spellings(capsys, tmp_path, two_classes):
     assert main(["models", "--json"]) == 0
     names = [r["name"] for r in json.loads(capsys.readouterr().out)]
     assert names[0] == "default" and "runs/NAME" in names
+
+
+def test_old_positional_models_still_work(capsys, tmp_path):
+    old = ROOT / "tests" / "fixtures" / "bundle-0.1.0"
+    cams = tmp_path / "cams"
+    assert main(["explain", str(old), str(SAMPLES / "cat.jpg"), "--out", str(cams), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: the positional MODEL is deprecated" in captured.err
+    row = json.loads(captured.out)
+    assert row["label"] in ("cat", "coffee", "other") and Path(row["overlay"]).parent == cams
+    out = tmp_path / "onnx"
+    assert main(["export", str(old), "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: the positional MODEL is deprecated" in captured.err
+    assert json.loads(captured.out)["passed"] and (out / "model.onnx").is_file()
+    # serve and train: the old spelling is accepted (warning), then a bad option stops them before any work
+    assert main(["serve", str(old), "--log-level", "loud"]) == 1
+    err = capsys.readouterr().err
+    assert "the positional MODEL is deprecated" in err and "--log-level must be one of" in err
+    assert main(["serve", "--workers", "2", "--processes", "2"]) == 1
+    assert "--processes only" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "--backbone", "default", "--val-fraction", "0.95", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--backbone is deprecated" in err and "--val-fraction must be" in err
