@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: quickstart setup test test-fast lint bench clean
 
 quickstart: setup
-	$(BIN)/imclass predict samples --top-k 3 --output samples-predictions.csv --overwrite
+	$(BIN)/imclass predict samples --top-k 3 --out samples-predictions.csv --overwrite
 	@echo; echo "Predictions written to samples-predictions.csv"; \
 	$(BIN)/python -c "import csv; [print(f\"{r['path']:<32} {r['label']:<24} {float(r['score']):.2f}\") for r in csv.DictReader(open('samples-predictions.csv'))]"
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 # name -> expected error reason fragment (None: must be labelled)
 GOOD = {
-    "astronaut.jpg": None,
+    "palace.jpg": None,
     "cat.jpg": None,
     "café, menu 1.jpg": None,
     "日本 photo, 2.png": None,
@@ -69,10 +69,10 @@ def bilevel_png(w: int, h: int) -> bytes:
 
 def build_library(root: Path) -> None:
     root.mkdir()
-    shutil.copy(SAMPLES / "astronaut.jpg", root / "astronaut.jpg")
+    shutil.copy(SAMPLES / "palace.jpg", root / "palace.jpg")
     shutil.copy(SAMPLES / "cat.jpg", root / "cat.jpg")
     shutil.copy(SAMPLES / "coffee.jpg", root / "café, menu 1.jpg")
-    Image.open(SAMPLES / "rocket.jpg").save(root / "日本 photo, 2.png")
+    Image.open(SAMPLES / "cameraman.png").save(root / "日本 photo, 2.png")
     (root / "x.jpg").mkdir()  # a folder whose name looks like an image
     shutil.copy(SAMPLES / "cat.jpg", root / "x.jpg" / "inside.jpg")
 
@@ -87,10 +87,10 @@ def build_library(root: Path) -> None:
     frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.open(SAMPLES / "astronaut.jpg").save(root / "rotated.jpg", exif=exif.tobytes(), quality=90)
+    Image.open(SAMPLES / "palace.jpg").save(root / "rotated.jpg", exif=exif.tobytes(), quality=90)
 
     (root / "empty.jpg").write_bytes(b"")
-    data = (SAMPLES / "rocket.jpg").read_bytes()
+    data = (SAMPLES / "palace.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (root / "notes.jpg").write_text("not a photo, just text\n" * 50, encoding="utf-8")
     (root / "huge.png").write_bytes(bilevel_png(12_000, 12_000))  # 144 MP

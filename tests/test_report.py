@@ -147,7 +147,7 @@ def test_imagenet_model_on_imagenet_named_classes(default_clf, tmp_path):
     assert np.allclose(res.probabilities.sum(1), 1.0)
     assert m["accuracy"] == 1.0 and res.table["predicted"].tolist() == ["Tabby", "espresso"]
     (data / "sunflowerz").mkdir()
-    shutil.copy(SAMPLES / "rocket.jpg", data / "sunflowerz" / "rocket.jpg")
+    shutil.copy(SAMPLES / "palace.jpg", data / "sunflowerz" / "palace.jpg")
     with pytest.raises(ImclassError, match="'sunflowerz'") as e:
         evaluate(default_clf, str(data))
     assert "espresso" not in str(e.value)

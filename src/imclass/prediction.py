@@ -25,6 +25,7 @@ class Prediction:
     topk: list[tuple[str, float]] = field(default_factory=list)
     labels: list[str] | None = None  # multi-label: every label above its threshold
     error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more columns for the outputs, e.g. class_index, wnid
 
     @property
     def ok(self) -> bool:
@@ -40,6 +41,7 @@ class Prediction:
         }
         if self.labels is not None:
             d["labels"] = self.labels
+        d.update(self.extra)
         return d
 
 

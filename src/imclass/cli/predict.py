@@ -45,6 +45,9 @@ def predict(
     copy: Annotated[bool, typer.Option("--copy", help="With --sort-into: copy (the default).")] = False,
     no_unknown: Annotated[bool, typer.Option(
         "--no-unknown", help="Always give the top class, even when the model's 'unknown' threshold says no.")] = False,
+    ids: Annotated[bool, typer.Option(
+        "--ids", help="Also write class_index (the label's index in the model) and wnid (its WordNet id, for "
+                      "ImageNet models).")] = False,
     batch_size: BatchSize = None,
     workers: Workers = None,
     device: Device = "auto",
@@ -84,7 +87,7 @@ def predict(
             [str(s) for s in sources], model=model or "default", device=device, backend=backend, threads=threads,
             streams=streams, output=out_file, top_k=top_k, batch_size=batch_size,
             workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
-            sort_mode="link" if link else "copy", reject_unknown=not no_unknown,
+            sort_mode="link" if link else "copy", reject_unknown=not no_unknown, ids=ids,
             on_start=None if bar is None else bar.start,
             on_total=None if bar is None else bar.total, on_batch=on_batch)
     finally:

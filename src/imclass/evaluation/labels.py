@@ -15,10 +15,12 @@ def normalise(name: str) -> str:
     return " ".join(re.split(r"[\s_]+", str(name).casefold().strip()))
 
 
-def map_labels(model_labels: list[str], classes: list[str], multi_label: bool = False
-               ) -> tuple[list[int], dict[str, Any] | None]:
+def map_labels(model_labels: list[str], classes: list[str], multi_label: bool = False,
+               ids: list[str] | None = None) -> tuple[list[int], dict[str, Any] | None]:
     """Model column of each dataset class, and a description of the mapping (None when it is the identity).
 
+    A class matches a label by name (case, ``_``, ``-`` and spaces ignored) or by the label's id in ``ids``
+    (e.g. ImageNet's WordNet ids: class folders named ``n01440764`` as in ImageNet and Imagenette).
     Raises :class:`ImclassError` naming the classes that match no model label.
     """
     if list(model_labels) == list(classes):
@@ -27,6 +29,8 @@ def map_labels(model_labels: list[str], classes: list[str], multi_label: bool = 
     ambiguous: set[str] = set()
     for i, lab in enumerate(model_labels):
         keys = {normalise(lab)}
+        if ids is not None and ids[i]:
+            keys.add(normalise(ids[i]))
         m = _WNID.match(lab)
         if m:
             keys.add(m.group(2))
@@ -46,7 +50,7 @@ def map_labels(model_labels: list[str], classes: list[str], multi_label: bool = 
         raise ImclassError(
             f"{len(unmatched)} of the dataset's {len(classes)} classes are not labels of this model: {shown}. "
             "Evaluate a model trained on these classes, or name the class folders after the model's labels "
-            "(see `imclass predict` output for label names)")
+            "(see `imclass predict` output for label names)" + (" or their WordNet ids" if ids else ""))
     if len(set(columns)) != len(columns):
         raise ImclassError("several dataset classes map onto the same model label; merge those classes first")
     subset = len(columns) < len(model_labels)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ImclassError, ParameterError
+from ..models.default import wordnet_ids
 from .labels import map_labels
 from .metrics import MULTI_LABEL, SINGLE_LABEL, compute_metrics, label_thresholds, per_image_loss, top_losses
 from .result import EvalResult, write_json, write_predictions
@@ -41,7 +42,8 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
     if task != clf.spec.task:
         raise ImclassError(f"the model is {clf.spec.task.replace('_', '-')} but the dataset is "
                            f"{task.replace('_', '-')}; evaluate a model trained for this kind of data")
-    columns, mapping = map_labels(clf.labels, ds.classes, multi_label=task == MULTI_LABEL)
+    columns, mapping = map_labels(clf.labels, ds.classes, multi_label=task == MULTI_LABEL,
+                                  ids=wordnet_ids(clf.labels))
     paths = sub.table["path"].tolist()
     raw, load_errors = clf.predict_proba(paths, batch_size=batch_size, workers=workers, return_errors=True,
                                          progress=on_progress)

@@ -54,6 +54,7 @@ def label_library(
     sort_into: str | os.PathLike | None = None,
     sort_mode: str = "copy",
     reject_unknown: bool = True,
+    ids: bool = False,
     on_start: Callable[[], None] | None = None,
     on_total: Callable[[int, int], None] | None = None,
     on_batch: Callable[[list[Prediction]], None] | None = None,
@@ -63,7 +64,8 @@ def label_library(
     ``on_start()`` is called when labelling starts (the model loaded: ``summary.seconds`` counts from
     here); ``on_total(total, already_done)`` from a helper thread once the library is counted;
     ``on_batch`` after every written batch. Interrupted runs continue with ``resume=True``: every
-    image appears exactly once in the output.
+    image appears exactly once in the output. ``ids``: rows also carry ``class_index`` (the label's index in
+    the model's label list; a list for multi-label rows) and ``wnid`` (its WordNet id, for ImageNet models).
     """
     if not sources:
         raise ImclassError("no sources given: pass image files or folders")
@@ -82,13 +84,15 @@ def label_library(
         _check_sort_target(sources, sort_into)
 
     t_load = time.perf_counter()
-    sink: Sink | None = open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite) if output else None
+    sink: Sink | None = (open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite,
+                                   extra_columns=ID_COLUMNS if ids else ()) if output else None)
     if isinstance(model, Classifier):
         clf = model
     else:
         clf = Classifier.load(model, device=device, backend=backend, threads=threads, streams=streams)
     _ = clf.backend  # build the runtime now (an ONNX export on first use): loading, not labelling time
     sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
+    add_ids = label_ids(clf.labels) if ids else None
     done = sink.done if sink else set()
     summary = LabelSummary(skipped=len(done), errors=sink.errors_before if sink else 0,
                            output=os.fspath(output) if output else None,
@@ -106,6 +110,9 @@ def label_library(
     try:
         for preds in clf.predict_batches(todo, top_k=top_k, batch_size=batch_size, workers=workers,
                                          reject_unknown=reject_unknown):
+            if add_ids is not None:
+                for p in preds:
+                    add_ids(p)
             if sorter is not None:
                 for p in preds:
                     sorter.place(p)
@@ -129,6 +136,31 @@ def label_library(
     if sink is not None:
         sink.close()
     return summary
+
+
+ID_COLUMNS = ("class_index", "wnid")
+
+
+def label_ids(labels: list[str]) -> Callable[[Prediction], None]:
+    """A function that adds ``class_index`` and ``wnid`` to a prediction's ``extra`` (None where unknown)."""
+    from ..models.default import wordnet_ids
+
+    index = {lab: i for i, lab in enumerate(labels)}
+    wnids = wordnet_ids(labels)
+
+    def add(p: Prediction) -> None:
+        if p.error is not None:
+            return
+        if p.labels is not None:  # multi-label: every chosen label
+            idx = [index[lab] for lab in p.labels]
+            p.extra["class_index"] = idx
+            p.extra["wnid"] = [wnids[i] for i in idx] if wnids else None
+        else:
+            i = index.get(p.label)  # None for "unknown"
+            p.extra["class_index"] = i
+            p.extra["wnid"] = wnids[i] if wnids and i is not None else None
+
+    return add
 
 
 def _check_sort_target(sources: Sequence[str | os.PathLike], target: str | os.PathLike) -> None:

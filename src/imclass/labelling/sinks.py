@@ -31,17 +31,21 @@ def output_format(path: str | os.PathLike) -> str:
     return FORMATS[ext]
 
 
-def csv_columns(top_k: int) -> list[str]:
-    cols = ["path", "label", "score", "error"]
+def csv_columns(top_k: int, extra: tuple[str, ...] = ()) -> list[str]:
+    cols = ["path", "label", "score", "error", *extra]
     for r in range(2, top_k + 1):
         cols += [f"label_{r}", f"score_{r}"]
     return cols
 
 
-def csv_row(p: Prediction, top_k: int) -> list[Any]:
+def csv_row(p: Prediction, top_k: int, extra: tuple[str, ...] = ()) -> list[Any]:
     """``label_2``... continue the ranking after ``label``: the runners-up when ``label`` is the top class;
-    the model's top classes themselves when it is not (``unknown``, a multi-label set, no label)."""
+    the model's top classes themselves when it is not (``unknown``, a multi-label set, no label).
+    ``extra`` columns come from ``p.extra`` (lists joined by ``;``)."""
     row: list[Any] = [p.path, p.label or "", "" if p.score is None else f"{p.score:.6f}", p.error or ""]
+    for c in extra:
+        v = p.extra.get(c)
+        row.append("" if v is None else ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
     rest = p.topk[1:] if p.topk and p.label == p.topk[0][0] else p.topk
     for r in range(top_k - 1):
         if r < len(rest):
@@ -79,8 +83,10 @@ class Sink(ABC):
             self.abort()
 
 
-def open_sink(path: str | os.PathLike, *, top_k: int, resume: bool = False, overwrite: bool = False) -> Sink:
-    """Open an output file for writing predictions; see the module docstring."""
+def open_sink(path: str | os.PathLike, *, top_k: int, resume: bool = False, overwrite: bool = False,
+              extra_columns: tuple[str, ...] = ()) -> Sink:
+    """Open an output file for writing predictions; see the module docstring. ``extra_columns``: keys of
+    ``Prediction.extra`` that the CSV gets as columns after ``error`` (the other formats carry every key)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a directory; give a file name such as {path / 'predictions.csv'}")
@@ -96,7 +102,7 @@ def open_sink(path: str | os.PathLike, *, top_k: int, resume: bool = False, over
             if p is not None and p.exists():
                 p.unlink()
     if fmt == "csv":
-        return CsvSink(path, top_k)
+        return CsvSink(path, top_k, tuple(extra_columns))
     if fmt == "jsonl":
         return JsonlSink(path)
     assert journal is not None
@@ -106,9 +112,9 @@ def open_sink(path: str | os.PathLike, *, top_k: int, resume: bool = False, over
 
 
 class CsvSink(Sink):
-    def __init__(self, path: Path, top_k: int):
-        self.path, self.top_k = path, top_k
-        self.columns = csv_columns(top_k)
+    def __init__(self, path: Path, top_k: int, extra: tuple[str, ...] = ()):
+        self.path, self.top_k, self.extra = path, top_k, extra
+        self.columns = csv_columns(top_k, extra)
         self.done, self.errors_before = set(), 0
         if path.exists() and path.stat().st_size > 0:
             self._recover()
@@ -127,7 +133,7 @@ class CsvSink(Sink):
                     if header != self.columns:
                         raise OutputError(
                             f"{self.path}: existing columns {header} differ from this run's {self.columns} "
-                            "(use the same --top-k to resume, or --overwrite)")
+                            "(use the same --top-k and --ids to resume, or --overwrite)")
                 elif len(rec) != len(self.columns):
                     break
                 else:
@@ -143,7 +149,7 @@ class CsvSink(Sink):
         self.f.flush()
 
     def write(self, preds: list[Prediction]) -> None:
-        self._writerow_block([csv_row(p, self.top_k) for p in preds])
+        self._writerow_block([csv_row(p, self.top_k, self.extra) for p in preds])
 
     def close(self) -> None:
         if not self.f.closed:
@@ -237,6 +243,8 @@ def write_parquet(rows: list[dict], path: Path) -> None:
     ])
     if not any("labels" in r for r in rows):  # single-label models: the columns of every earlier release
         schema = schema.remove(schema.get_field_index("labels"))
+    for name in dict.fromkeys(k for r in rows for k in r if k not in schema.names):  # extra columns, typed by
+        schema = schema.append(pa.field(name, pa.array([r.get(name) for r in rows]).type))  # their values
     cols = {name: [r.get(name) for r in rows] for name in schema.names}
     pq.write_table(pa.table(cols, schema=schema), path)
 

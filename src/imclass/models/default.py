@@ -59,6 +59,22 @@ def imagenet_labels() -> tuple[str, ...]:
     )
 
 
+@lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The WordNet id of each ImageNet-1k class (``n01440764`` ...), in class-index order."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return tuple(info.index_to_label_name(i) for i in range(1000))
+
+
+def wordnet_ids(labels: list[str] | tuple[str, ...]) -> list[str] | None:
+    """The WordNet ids of a model's labels when they are the ImageNet-1k classes (as named by imclass), else None."""
+    if len(labels) != 1000 or tuple(labels) != imagenet_labels():
+        return None
+    return list(imagenet_wnids())
+
+
 def build():
     """Return ``(model, spec)`` for the embedded default model."""
     import timm
