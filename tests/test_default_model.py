@@ -190,9 +190,9 @@ def test_imagenet_folders_named_by_wordnet_id(default_clf, datasets, tmp_path):
     photos = [p for folder in sorted(root.iterdir()) if folder.is_dir() for p in sorted(folder.iterdir())[:10]]
     out = tmp_path / "ids.csv"
     imclass.label_library([str(p) for p in photos], model=default_clf, output=out, ids=True, top_k=1)
-    import csv
+    from imclass.labelling.sinks import read_rows
 
-    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    rows = read_rows(out)
     assert len(rows) == 100 and list(rows[0])[:6] == ["path", "label", "score", "error", "class_index", "wnid"]
     for r in rows:
         assert default_clf.labels[int(r["class_index"])] == r["label"]
