@@ -201,15 +201,29 @@ def test_outlier_copies_count_once():
     assert set(res.flagged[:3]) == {len(x), len(x) + 1, len(x) + 2}
 
 
-def test_near_duplicates_by_embedding_and_groups():
-    rng = np.random.default_rng(0)
-    v = rng.normal(0, 1, (6, 16)).astype(np.float32)
-    v[3] = v[1] + 0.01  # same picture, different bytes
-    g = find_duplicates(["a", "b", "c", "d", "a", None], None, v, cosine=0.95)
+def test_embedding_neighbours_are_candidates_the_pixels_decide():
+    """Close embeddings only propose a pair: two different photos with identical vectors are not grouped, a
+    real copy with a distant vector still is (it is a perceptual-hash neighbour)."""
+    from PIL import Image, ImageOps
+
+    from conftest import SAMPLES
+    from imclass.data.verify import working_image
+
+    photos = [Image.open(SAMPLES / n).convert("RGB") for n in ("cat.jpg", "coffee.jpg", "palace.jpg")]
+    images = [*photos, ImageOps.mirror(photos[2]), photos[0]]
+    shas = ["a", "b", "c", "d", "a"]
+    v = np.random.default_rng(0).normal(0, 1, (5, 16)).astype(np.float32)
+    v[1] = v[0]  # cat and coffee look identical to the embedding
+    import imagehash
+
+    hashes = [int(str(imagehash.phash(im)), 16) for im in images]
+    mirrors = [int(str(imagehash.phash(ImageOps.mirror(im))), 16) for im in images]
+    g = find_duplicates(shas, hashes, v, mirror_phashes=mirrors, load=lambda r: working_image(images[r]))
     assert g.exact == [[0, 4]]
-    assert [n["rows"] for n in g.near] == [[1, 3]] and g.near[0]["pairs"][0][2] == "cosine"
-    assert g.group_id[0] == g.group_id[4] and g.group_id[1] == g.group_id[3]
-    assert len(set(g.group_id.tolist())) == 4
+    assert [(n["rows"], n["certainty"]) for n in g.near] == [([2, 3], "duplicate")]
+    assert g.near[0]["pairs"][0][2].mirrored
+    assert g.group_id[0] == g.group_id[4] and g.group_id[2] == g.group_id[3] and g.group_id[0] != g.group_id[1]
+    assert g.stats["candidates"] >= 2 and g.stats["verified"] >= 1
 
 
 def test_audit_with_given_embeddings_reports_label_errors_and_outliers(tmp_path):

@@ -33,7 +33,7 @@ def test_predict_samples_jsonl_and_sorting(tmp_path):
     copied = {p.name: p.parent.name for p in sorted_dir.rglob("*") if p.is_file()}
     assert copied == {name: row["label"] for name, row in rows.items()}
     assert (sorted_dir / "espresso" / "coffee.jpg").read_bytes() == (SAMPLES / "coffee.jpg").read_bytes()
-    assert "Labelled 5 images" in r.stderr
+    assert "Labelled 4 images" in r.stderr
 
 
 def test_quickstart_labels_every_sample_right(tmp_path):

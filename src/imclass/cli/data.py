@@ -142,6 +142,8 @@ def _print_audit(res, ds) -> None:
         ("leaks", [" = ".join(f"{short(p)} ({s or 'unassigned'})" for p, s in zip(g["paths"], g["splits"]))
                    for g in res.leaks]),
         ("exact duplicates", [" = ".join(short(p) for p in g["paths"]) for g in res.exact_duplicates]),
+        ("near-duplicates", [_near_line(g, short) for g in res.near_duplicates]),
+        ("possible duplicates (for review)", [_near_line(g, short) for g in res.possible_duplicates]),
         ("likely label errors", [f"{short(x['path'])}: {','.join(x['given'])} -> {','.join(x['suggested'])} "
                                  f"(quality {x['quality']:.3f})" for x in res.label_issues]),
         ("outliers", [f"{short(x['path'])} (score {x['score']:.3f})" for x in res.outliers]),
@@ -161,6 +163,15 @@ def _print_audit(res, ds) -> None:
         out.print(f"[dim]note: {escape(note)}[/dim]")
 
 
+def _near_line(g, short) -> str:
+    from ..data.report import evidence_text
+
+    rep = g.get("representative")
+    others = [short(p) for p in g["paths"] if p != rep]
+    ev = g["evidence"][0] if g.get("evidence") else None
+    return f"{short(rep)} ~ {', '.join(others)}" + (f"  ({evidence_text(ev)})" if ev else "")
+
+
 # ---- clean ------------------------------------------------------------------------------------------
 
 @command(data_app, example="imclass data clean photos/ --out photos-clean --drop corrupt,duplicates,leaks")
@@ -170,8 +181,11 @@ def clean(
                                           show_default=False)],
     drop: Annotated[Optional[str], typer.Option(
         "--drop", help="Comma-separated: corrupt, non-images, wrong-extension, tiny, odd-aspect, duplicates, "
-                       "near-duplicates, leaks, conflicts, label-errors, outliers, or all. "
-                       "Default: corrupt,non-images,duplicates,leaks,conflicts.", show_default=False)] = None,
+                       "conflicts, leaks, near-duplicates, near-conflicts, near-leaks, label-errors, outliers, "
+                       "or all. Default: corrupt,non-images,duplicates,conflicts,leaks (exact copies only: "
+                       "near-duplicates are listed, not dropped, unless named).", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be kept and left out; write "
+                                                            "nothing.")] = False,
     copy: Annotated[bool, typer.Option("--copy", help="Copy the files.")] = False,
     link: Annotated[bool, typer.Option("--link", help="Symlink the files (the default).")] = False,
     model: ModelOpt = None,
@@ -185,29 +199,38 @@ def clean(
 ) -> int:
     """Write a cleaned copy of DATA (links or copies, same folder structure) without the files --drop names.
 
-    Writes OUT/manifest.csv (re-importable) and OUT/excluded.csv (path, reason). Duplicate groups keep one
-    file; the originals are never modified.
+    By default only unusable files and exact copies are left out (one copy of identical files is kept;
+    identical files with conflicting labels are left out; across splits the training copy is kept): a clean
+    never drops a good image unless asked. The counts are shown before anything is written. Writes
+    OUT/manifest.csv (re-importable) and OUT/excluded.csv (path, reason); the originals are never modified.
     """
     from ..api import clean as run_clean
     from ..data.clean import parse_drop
 
     model = prefer(model, backbone, "--backbone", "--model")
-
     if copy and link:
         raise typer.BadParameter("--copy and --link are mutually exclusive")
     drops = parse_drop(drop)
+
+    def show(plan) -> bool:
+        if not as_json:
+            reasons = ", ".join(f"{k} {v}" for k, v in plan.reasons.items()) or "nothing"
+            err.print(f"{'Would keep' if dry_run else 'Keeping'} {plan.kept} of {plan.total} images; leaving "
+                      f"out {plan.total - plan.kept}: {reasons}", highlight=False)
+            for what, n in plan.review.items():
+                err.print(f"  listed for review, kept: {n} {what} (see imclass data audit)", highlight=False)
+        return not dry_run
+
     with _stages(quiet) as stages:
         ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
         res = run_clean(ds, out_dir, drop=drops, mode="copy" if copy else "link", backbone=model or "default",
-                        workers=workers, progress=stages)
-    summary = res.to_dict()
+                        workers=workers, progress=stages, on_plan=show)
     if as_json:
-        out.print_json(json.dumps(summary))
+        out.print_json(json.dumps({**res.to_dict(), "plan": res.plan.to_dict() if res.plan else None}))
         return EXIT_OK
-    reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "nothing"
-    err.print(f"Kept {summary['kept']} of {len(ds)} images ({'copied' if copy else 'linked'}); "
-              f"excluded {summary['excluded']}: {reasons}", highlight=False)
-    err.print(f"Manifest: {res.manifest}\nExcluded: {res.excluded_csv}", highlight=False)
+    if res.manifest is not None:
+        err.print(f"{'Copied' if copy else 'Linked'} {len(res.dataset)} images into {out_dir}\n"
+                  f"Manifest: {res.manifest}\nExcluded: {res.excluded_csv}", highlight=False)
     return EXIT_OK
 
 

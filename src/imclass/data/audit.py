@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ImageLoadError
 from .dataset import SPLITS, Dataset
-from .duplicates import COSINE, PHASH_DISTANCE, find_duplicates
+from .duplicates import duplicate_rules, find_duplicates
 from .facts import Progress, collect, inspected
 from .findings import AuditResult
 from .importers import load_dataset
@@ -39,8 +40,6 @@ def audit(
     embeddings: Any = True,
     backbone: Any = "default",
     label_check: bool = True,
-    phash_distance: int = PHASH_DISTANCE,
-    cosine: float = COSINE,
     min_side: int = MIN_SIDE,
     max_aspect: float = MAX_ASPECT,
     outlier_k: int = K,
@@ -59,7 +58,8 @@ def audit(
     as JSON there. What was written is in ``result.files``.
 
     ``embeddings``: True computes them with ``backbone`` (cached by content), False skips the embedding
-    checks (embedding near-duplicates, label errors, outliers), or pass precomputed ``Embeddings`` / an
+    checks (label errors, outliers; near-duplicate candidates then come from perceptual hashes alone), or
+    pass precomputed ``Embeddings`` / an
     ``(N, D)`` array. ``progress(stage, done, total)`` reports ``decode``, ``embed``, ``neighbours``, ``labels``.
     """
     ds = inspected(load_dataset(dataset), workers)
@@ -72,8 +72,7 @@ def audit(
     splits = list(table["split"])
     shas = [s if isinstance(s, str) else None for s in table["sha256"]]
     res = AuditResult(dataset=ds.summary(), thresholds={
-        "phash_distance": phash_distance, "phash_bits": 64, "cosine": cosine,
-        "cosine_on": "mean-centred embeddings", "min_side": min_side, "max_aspect": max_aspect,
+        "near_duplicates": duplicate_rules(), "min_side": min_side, "max_aspect": max_aspect,
         "grey": f"at most {GREY_MAX_COLOURED:.1%} of pixels with channels differing by more than {GREY_TOLERANCE}",
         "outlier_k": outlier_k, "outlier_fence": f"Q3 + {outlier_factor:g} x IQR of kNN cosine distances",
         "backbone": facts.backbone})
@@ -86,8 +85,8 @@ def audit(
     vectors = facts.vectors
     if vectors is None:
         res.notes.append("embeddings off: embedding near-duplicates, label errors and outliers were not checked")
-    groups = find_duplicates(shas, [f.phash for f in facts.scan], vectors, phash_distance=phash_distance,
-                             cosine=cosine if vectors is not None else None)
+    groups = near_duplicates(ds, facts, workers=workers, cache=cache)
+    res.duplicate_search = groups.stats
     _duplicate_checks(res, groups, paths, labels, splits, shas)
     if vectors is not None:
         out = outlier_scores(vectors, shas, k=outlier_k, factor=outlier_factor)
@@ -166,15 +165,48 @@ def _duplicate_checks(res: AuditResult, groups, paths, labels, splits, shas) -> 
             res.leaks.append({"kind": "exact", "paths": [paths[i] for i in rows], "splits": [splits[i] for i in rows]})
     for g in groups.near:
         rows = g["rows"]
-        res.near_duplicates.append({
+        entry = {
             "paths": [paths[i] for i in rows], "labels": [labels[i] for i in rows], "splits": [splits[i] for i in rows],
-            "evidence": [{"a": paths[a], "b": paths[b], "method": m, "value": v} for a, b, m, v in g["pairs"]]})
+            "certainty": g["certainty"], "representative": paths[g["representative"]],
+            "evidence": [{"a": paths[a], "b": paths[b], "method": v.method, "value": v.value,
+                          "decision": v.decision, "inliers": v.inliers, "worst_cell": v.worst_cell,
+                          "min_correlation": v.min_correlation, "changed": v.changed, "overlap": v.overlap,
+                          "mirrored": v.mirrored, "scale": v.scale, "sha256_a": shas[a], "sha256_b": shas[b]}
+                         for a, b, v in g["pairs"]]}
+        if g["certainty"] != "duplicate":
+            res.possible_duplicates.append(entry)
+            continue
+        res.near_duplicates.append(entry)
         # disagreements between *different* contents (pure exact-copy conflicts are reported above)
         if any(key(a) != key(b) and shas[a] != shas[b] for a in rows for b in rows):
             res.conflicts.append({"kind": "near", "paths": [paths[i] for i in rows],
                                   "labels": [labels[i] for i in rows]})
         if any(splits[a] and splits[b] and splits[a] != splits[b] and shas[a] != shas[b] for a in rows for b in rows):
             res.leaks.append({"kind": "near", "paths": [paths[i] for i in rows], "splits": [splits[i] for i in rows]})
+
+
+def near_duplicates(ds: Dataset, facts, *, workers: int = 2, cache: bool = True):
+    """Exact and verified near-duplicate groups of a dataset (:func:`~imclass.data.duplicates.find_duplicates`
+    with the scan's hashes and thumbnails, the embeddings, the working images and the dataset's marks)."""
+    from ..images import load_image
+    from .duplicates import PairCache
+    from .marks import read_marks
+    from .verify import WORK_SIDE, working_image
+
+    paths = ds.paths
+    shas = [s if isinstance(s, str) else None for s in ds.table["sha256"]]
+
+    def load(row: int):
+        try:
+            return working_image(load_image(paths[row], draft_size=(WORK_SIDE, WORK_SIDE)))
+        except ImageLoadError:
+            return None
+
+    return find_duplicates(shas, [f.phash for f in facts.scan], facts.vectors,
+                           mirror_phashes=[f.phash_mirror for f in facts.scan],
+                           thumbs=[f.thumbnail() for f in facts.scan], load=load,
+                           not_duplicates=read_marks(ds.source), cache=PairCache() if cache else None,
+                           workers=workers)
 
 
 def _count_checks(res: AuditResult, ds: Dataset) -> None:

@@ -3,6 +3,13 @@
 Writes ``out/<same folder structure>``, ``out/manifest.csv`` (re-imports with ``load_dataset``) and
 ``out/excluded.csv`` (``path,reason``). The original files are never modified.
 
+By default a clean never drops a good image: it leaves out files that cannot be used (corrupt, not images),
+extra copies of identical files (one copy of each is kept), identical files whose labels disagree (the
+label cannot be both) and identical files across splits (the training copy is kept). Near-duplicates of
+any kind (the same photo re-encoded, resized, cropped or mirrored) are only listed by the audit; they are
+left out only on request: ``near-duplicates`` (keep one per group), ``near-conflicts`` (groups whose labels
+disagree, whole), ``near-leaks`` (keep the copies of one split).
+
 Duplicate groups keep one representative: the first readable member in split order train, unassigned,
 val, test (so a leak keeps its training copy), then by path. Conflicting-label groups are dropped whole:
 which label is right is unknown.
@@ -12,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +32,27 @@ from .importers import load_dataset
 from .materialize import materialize, prepare_out, relative_names
 
 #: ``--drop`` names and the audit findings they act on.
-DROP_CHOICES = ("corrupt", "non-images", "wrong-extension", "tiny", "odd-aspect", "duplicates",
-                "near-duplicates", "leaks", "conflicts", "label-errors", "outliers")
-DEFAULT_DROP = ("corrupt", "non-images", "duplicates", "leaks", "conflicts")
-NEEDS_EMBEDDINGS = {"near-duplicates", "label-errors", "outliers"}
+DROP_CHOICES = ("corrupt", "non-images", "wrong-extension", "tiny", "odd-aspect", "duplicates", "conflicts",
+                "leaks", "near-duplicates", "near-conflicts", "near-leaks", "label-errors", "outliers")
+#: Only what is certainly wrong: unusable files and exact copies (never a near-duplicate).
+DEFAULT_DROP = ("corrupt", "non-images", "duplicates", "conflicts", "leaks")
+NEEDS_EMBEDDINGS = {"near-duplicates", "near-conflicts", "near-leaks", "label-errors", "outliers"}
 MANIFEST, EXCLUDED = "manifest.csv", "excluded.csv"
 _SPLIT_ORDER = {"train": 0, "": 1, "val": 2, "test": 3}
+
+
+@dataclass
+class CleanPlan:
+    """What a clean will do, before it writes: rows in, rows kept, left out per reason, left in for review."""
+
+    total: int
+    kept: int
+    reasons: dict[str, int]
+    review: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "kept": self.kept, "excluded": self.total - self.kept,
+                "reasons": self.reasons, "review": self.review}
 
 
 @dataclass
@@ -40,6 +62,7 @@ class CleanResult:
     manifest: Path | None = None
     excluded_csv: Path | None = None
     audit: AuditResult | None = None
+    plan: CleanPlan | None = None
 
     def to_dict(self) -> dict[str, Any]:
         reasons: dict[str, int] = {}
@@ -48,7 +71,9 @@ class CleanResult:
                 key = r.split(":")[0]
                 reasons[key] = reasons.get(key, 0) + 1
         return {"kept": len(self.dataset), "excluded": len(self.excluded), "reasons": reasons,
-                "manifest": str(self.manifest), "excluded_csv": str(self.excluded_csv)}
+                "review": self.plan.review if self.plan else {}, "written": self.manifest is not None,
+                "manifest": str(self.manifest) if self.manifest else None,
+                "excluded_csv": str(self.excluded_csv) if self.excluded_csv else None}
 
 
 def parse_drop(drop: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -73,16 +98,19 @@ def clean(
     mode: str = "link",
     audit_result: AuditResult | None = None,
     progress: Progress | None = None,
+    on_plan: Callable[[CleanPlan], bool | None] | None = None,
     **audit_kwargs: Any,
 ) -> CleanResult:
     """Write a cleaned dataset to ``out`` (a new or empty folder). ``mode``: ``link`` (symlinks) or ``copy``.
 
     The audit runs unless ``audit_result`` is given; embeddings are computed only when a ``drop`` choice needs
-    them (near-duplicates, label-errors, outliers). Extra keyword arguments go to :func:`audit`.
+    them (near-duplicates of any kind, label-errors, outliers). ``on_plan(plan)`` is called before anything
+    is written, with the counts of what will be kept and left out; returning False stops there (nothing is
+    written; ``result.dataset`` is the plan's kept rows). Extra keyword arguments go to :func:`audit`.
     """
     ds = inspected(load_dataset(dataset))
     drops = parse_drop(drop)
-    target = prepare_out(out, ds)
+    target = prepare_out(out, ds, create=False)  # checked now, created once the plan is confirmed
     if audit_result is None:
         audit_kwargs.setdefault("embeddings", bool(NEEDS_EMBEDDINGS & set(drops)))
         audit_kwargs.setdefault("label_check", "label-errors" in drops)
@@ -90,6 +118,11 @@ def clean(
     reasons = exclusions(ds, audit_result, drops)
     keep = [i for i in range(len(ds)) if i not in reasons]
     kept = ds.with_table(ds.table.iloc[keep])
+    plan = CleanPlan(len(ds), len(keep), _reason_counts(reasons.values()), review(audit_result, drops))
+    if on_plan is not None and on_plan(plan) is False:
+        excluded = [{"path": ds.paths[i], "reason": "; ".join(reasons[i])} for i in sorted(reasons)]
+        return CleanResult(kept, excluded, None, None, audit_result, plan)
+    target = prepare_out(target, ds)
     names = relative_names(ds)
     cleaned = materialize(kept, target, [names[i] for i in keep], mode=mode)
     manifest = cleaned.to_csv(target / MANIFEST)
@@ -99,7 +132,7 @@ def clean(
         w = csv.DictWriter(f, fieldnames=["path", "reason"])
         w.writeheader()
         w.writerows(excluded)
-    return CleanResult(cleaned, excluded, manifest, excluded_csv, audit_result)
+    return CleanResult(cleaned, excluded, manifest, excluded_csv, audit_result, plan)
 
 
 def exclusions(ds: Dataset, res: AuditResult, drops: Iterable[str]) -> dict[int, list[str]]:
@@ -125,11 +158,13 @@ def exclusions(ds: Dataset, res: AuditResult, drops: Iterable[str]) -> dict[int,
         if name in drops:
             for x in items:
                 add(x["path"], why(x))
-    if "conflicts" in drops:
-        for g in res.conflicts:
-            labels = sorted({",".join(lab) for lab in g["labels"]})
-            for p in g["paths"]:
-                add(p, f"conflicting labels: {g['kind']} duplicates labelled {' vs '.join(labels)}")
+    for name, kind in (("conflicts", "exact"), ("near-conflicts", "near")):
+        if name in drops:
+            for g in res.conflicts:
+                if g["kind"] == kind:
+                    labels = sorted({",".join(lab) for lab in g["labels"]})
+                    for p in g["paths"]:
+                        add(p, f"conflicting labels: {g['kind']} duplicates labelled {' vs '.join(labels)}")
     for name, groups, kind in (("duplicates", res.exact_duplicates, "exact"),
                                ("near-duplicates", res.near_duplicates, "near")):
         if name in drops:
@@ -138,14 +173,45 @@ def exclusions(ds: Dataset, res: AuditResult, drops: Iterable[str]) -> dict[int,
                 for p in g["paths"]:
                     if p != keeper:
                         add(p, f"{kind} duplicate: copy of {keeper}")
-    if "leaks" in drops:
-        for g in res.leaks:
-            keeper = _representative(g["paths"], row, splits, out)
-            home = splits[row[keeper]]
-            for p in g["paths"]:
-                if splits[row[p]] and splits[row[p]] != home:
-                    add(p, f"leak: {g['kind']} duplicate of {keeper} ({home})")
+    for name, kind in (("leaks", "exact"), ("near-leaks", "near")):
+        if name in drops:
+            for g in res.leaks:
+                if g["kind"] != kind:
+                    continue
+                keeper = _representative(g["paths"], row, splits, out)
+                home = splits[row[keeper]]
+                for p in g["paths"]:
+                    if splits[row[p]] and splits[row[p]] != home:
+                        add(p, f"leak: {g['kind']} duplicate of {keeper} ({home})")
     return out
+
+
+def review(res: AuditResult, drops: Iterable[str]) -> dict[str, int]:
+    """Findings listed for review that ``drops`` leaves in (near-duplicates unless asked, possible ones)."""
+    drops = set(drops)
+    out = {}
+    if "near-duplicates" not in drops and res.near_duplicates:
+        out["near-duplicate groups"] = len(res.near_duplicates)
+    if "near-conflicts" not in drops:
+        n = sum(g["kind"] == "near" for g in res.conflicts)
+        if n:
+            out["near-duplicate groups with conflicting labels"] = n
+    if "near-leaks" not in drops:
+        n = sum(g["kind"] == "near" for g in res.leaks)
+        if n:
+            out["near-duplicate groups across splits"] = n
+    if res.possible_duplicates:
+        out["possible duplicate groups"] = len(res.possible_duplicates)
+    return out
+
+
+def _reason_counts(reason_lists: Iterable[list[str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reasons in reason_lists:
+        for r in reasons:
+            key = r.split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _representative(paths: list[str], row: dict[str, int], splits: list[str], excluded: dict[int, list[str]]) -> str:

@@ -23,7 +23,11 @@ class AuditResult:
     odd_aspect: list[dict[str, Any]] = field(default_factory=list)  # path, width, height, aspect
     colour: dict[str, Any] = field(default_factory=dict)  # grey, colour, minority, files
     exact_duplicates: list[dict[str, Any]] = field(default_factory=list)  # sha256, paths, labels, splits
-    near_duplicates: list[dict[str, Any]] = field(default_factory=list)  # paths, labels, splits, evidence
+    # verified near-duplicate groups: paths, labels, splits, certainty ("duplicate"), representative, evidence
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
+    # the same where the evidence is weak (tiny, low-detail images): listed for review, not counted as found
+    possible_duplicates: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_search: dict[str, Any] = field(default_factory=dict)  # candidates, screened, verified, marks
     conflicts: list[dict[str, Any]] = field(default_factory=list)  # kind, paths, labels
     leaks: list[dict[str, Any]] = field(default_factory=list)  # kind, paths, splits
     class_counts: dict[str, int] = field(default_factory=dict)
@@ -45,7 +49,8 @@ class AuditResult:
             "grey_colour_minority": len(self.colour.get("files", [])),
             "exact_duplicate_groups": len(self.exact_duplicates),
             "exact_duplicate_extra_files": sum(len(g["paths"]) - 1 for g in self.exact_duplicates),
-            "near_duplicate_groups": len(self.near_duplicates), "conflicts": len(self.conflicts),
+            "near_duplicate_groups": len(self.near_duplicates),
+            "possible_duplicate_groups": len(self.possible_duplicates), "conflicts": len(self.conflicts),
             "leaks": len(self.leaks), "label_issues": len(self.label_issues), "outliers": len(self.outliers),
         }
 
@@ -77,8 +82,9 @@ def summary_lines(res: AuditResult) -> list[tuple[str, int, str]]:
          f"{colour.get('grey', 0)} grey, {colour.get('colour', 0)} colour (from pixels)"),
         ("exact duplicate groups", c["exact_duplicate_groups"], f"{c['exact_duplicate_extra_files']} extra copies"),
         ("near-duplicate groups", c["near_duplicate_groups"],
-         f"pHash distance <= {th['phash_distance']}/64"
-         + (f" or cosine >= {th['cosine']:g}" if th.get("backbone") else "")),
+         "the same photo re-encoded, resized, cropped or mirrored: keypoints and pixels verified"),
+        ("possible duplicates", c["possible_duplicate_groups"],
+         "weaker evidence (small or low-detail images): for review, not counted as found"),
         ("duplicates with conflicting labels", c["conflicts"], ""),
         ("duplicates across splits (leaks)", c["leaks"], ""),
         ("likely label errors", c["label_issues"],

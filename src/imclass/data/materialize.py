@@ -44,14 +44,15 @@ def unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def prepare_out(out: str | os.PathLike, ds: Dataset) -> Path:
-    """``out`` as a new or empty folder that is not the dataset's own root."""
+def prepare_out(out: str | os.PathLike, ds: Dataset, *, create: bool = True) -> Path:
+    """``out`` as a new or empty folder that is not the dataset's own root (created unless ``create=False``)."""
     target = Path(out)
     if ds.root and target.resolve() == Path(ds.root).resolve():
         raise DatasetError(f"{out}: is the dataset's own folder; choose a new output folder")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise DatasetError(f"{out}: exists and is not empty; choose a new output folder")
-    target.mkdir(parents=True, exist_ok=True)
+    if create:
+        target.mkdir(parents=True, exist_ok=True)
     return target
 
 

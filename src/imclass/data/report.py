@@ -13,6 +13,7 @@ from ..fileio import atomic_write_text
 from ..html_assets import png_uri, thumbnail_uri
 from .dataset import Dataset
 from .findings import AuditResult, split_overview, summary_lines
+from .marks import marks_path
 from .report_template import TEMPLATE
 
 THUMB = 112  # px, longer side
@@ -61,7 +62,9 @@ def write_report(result: AuditResult, out: str | os.PathLike, dataset: Dataset |
         leaks=groups(r.leaks, lambda g, k: g["splits"][k] or "unassigned"),
         exact=groups(r.exact_duplicates, lambda g, k: ", ".join(g["labels"][k]) + (
             f" · {g['splits'][k]}" if g["splits"][k] else "")),
-        near=groups(r.near_duplicates, lambda g, k: ", ".join(g["labels"][k])),
+        near=[dup_group(g, card, short) for g in r.near_duplicates[:GALLERY_MAX // 3]],
+        possible=[dup_group(g, card, short) for g in r.possible_duplicates[:GALLERY_MAX // 3]],
+        marks_file=marks_name(root), marks_path=str(marks_path(root) or marks_name(root)),
         label_issues=[card(x["path"], f"given {', '.join(x['given'])} → {', '.join(x['suggested'])}",
                            f"quality {x['quality']:.3f}") for x in r.label_issues[:GALLERY_MAX]],
         outliers=[card(x["path"], ", ".join(x["labels"]), f"score {x['score']:.3f}") for x in r.outliers[:GALLERY_MAX]],
@@ -71,6 +74,40 @@ def write_report(result: AuditResult, out: str | os.PathLike, dataset: Dataset |
         counts=r.counts(), gallery_max=GALLERY_MAX,
     )
     return atomic_write_text(target, html)
+
+
+def dup_group(g: dict[str, Any], card, short) -> dict[str, Any]:
+    """A near-duplicate group for the report: cards, one line of evidence per pair, and the pairs to mark."""
+    import json
+
+    cards = [card(p, ", ".join(g["labels"][k]) + (" · kept as the original" if p == g.get("representative") else ""))
+             for k, p in enumerate(g["paths"])]
+    evidence = [{"a": short(e["a"]), "b": short(e["b"]), "text": evidence_text(e)} for e in g.get("evidence", [])]
+    pairs = [[e.get("sha256_a", ""), e.get("sha256_b", ""), e["a"], e["b"]] for e in g.get("evidence", [])]
+    return {"cards": cards, "evidence": evidence, "pairs_json": json.dumps(pairs)}
+
+
+def evidence_text(e: dict[str, Any]) -> str:
+    """One pair's evidence in words."""
+    parts = []
+    if e.get("method") == "keypoints+pixels":
+        parts.append(f"{e.get('inliers')} matching keypoints")
+    else:
+        parts.append("pixels after a search over mirror, crop and shift")
+    if e.get("worst_cell") is not None:
+        parts.append(f"worst cell {e['worst_cell']:.2f}")
+    if e.get("changed") is not None:
+        parts.append(f"changed {100 * e['changed']:.1f}%")
+    if e.get("mirrored"):
+        parts.append("mirrored")
+    if e.get("overlap") is not None and e["overlap"] < 0.8:
+        parts.append(f"overlap {100 * e['overlap']:.0f}%")
+    return ", ".join(parts)
+
+
+def marks_name(source: str) -> str:
+    path = marks_path(source)
+    return path.name if path is not None else "not-duplicates.csv"
 
 
 class _Thumbs:

@@ -19,6 +19,7 @@ max-height:112px;border-radius:3px;background:#eee} figure .cap{font-weight:600;
 .noimg{width:112px;height:84px;background:#eee;display:flex;align-items:center;justify-content:center;color:#999}
 .plots{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start} .plots img{max-width:100%}
 code{background:#f0f2f6;padding:0 3px;border-radius:3px}
+.group.dup{flex-direction:column} table.ev{font-size:11px;margin:4px 0} table.ev td{border:0;padding:0 6px 0 0}
 </style></head><body>
 {% macro fig(c) -%}
 <figure title="{{ c.path }}">
@@ -82,11 +83,52 @@ every finding is in the JSON output.</p>{% endif %}{%- endmacro %}
 <div class="gallery">{% for g in exact %}<div class="group">{% for c in g %}{{ fig(c) }}{% endfor %}</div>{% endfor %}
 </div>{{ more(counts.exact_duplicate_groups, exact|length) }}{% endif %}
 
-{% if near %}<h2 id="near-duplicates">Near-duplicates ({{ counts.near_duplicate_groups }} groups)</h2>
-<p class="muted">pHash Hamming distance &le; {{ thresholds.phash_distance }} of 64 bits, or cosine similarity
-&ge; {{ thresholds.cosine }} ({{ thresholds.cosine_on }}).</p>
-<div class="gallery">{% for g in near %}<div class="group">{% for c in g %}{{ fig(c) }}{% endfor %}</div>{% endfor %}
-</div>{{ more(counts.near_duplicate_groups, near|length) }}{% endif %}
+{% macro dupgroup(g) -%}
+<div class="group dup" data-pairs="{{ g.pairs_json }}">
+<div class="gallery">{% for c in g.cards %}{{ fig(c) }}{% endfor %}</div>
+<table class="ev">{% for e in g.evidence %}<tr><td>{{ e.a }} &harr; {{ e.b }}</td><td>{{ e.text }}</td></tr>
+{% endfor %}</table>
+<label><input type="checkbox" class="notdup"> not a duplicate</label></div>
+{%- endmacro %}
+{% if near or possible %}<h2 id="near-duplicates">Near-duplicates ({{ counts.near_duplicate_groups }} groups)</h2>
+<p class="muted">The same photo re-encoded, resized, cropped a little or mirrored: each pair was checked with
+keypoints (a RANSAC fit of a similarity transform, mirror-aware) and, once aligned, pixel by pixel (the worst
+of a 6 x 6 grid of cells, and the share of the image that changed). Each group is one photo and the images
+verified against it, never a chain. Listed for review: <code>imclass data clean</code> leaves them in unless
+<code>--drop near-duplicates</code> (or <code>near-conflicts</code>, <code>near-leaks</code>) is given.</p>
+<div class="gallery">{% for g in near %}{{ dupgroup(g) }}{% endfor %}</div>
+{{ more(counts.near_duplicate_groups, near|length) }}
+{% if possible %}<h3 id="possible-duplicates">Possible duplicates ({{ counts.possible_duplicate_groups }} groups)</h3>
+<p class="muted">Weaker evidence (small or low-detail images, or two images that overlap only in part, such as
+adjacent tiles or successive frames): flagged for a look, not counted as found.</p>
+<div class="gallery">{% for g in possible %}{{ dupgroup(g) }}{% endfor %}</div>
+{{ more(counts.possible_duplicate_groups, possible|length) }}{% endif %}
+<p><button id="save-marks" disabled>Save "not a duplicate" marks</button> <span class="muted">downloads
+<code>{{ marks_file }}</code>: put it at <code>{{ marks_path }}</code>, where later audits, clean, split and
+the studio read it (marked pairs are never grouped again).</span></p>
+<script>
+(function () {
+  var button = document.getElementById("save-marks");
+  function marked() {
+    var rows = [];
+    document.querySelectorAll(".group.dup").forEach(function (g) {
+      if (g.querySelector(".notdup").checked) { JSON.parse(g.dataset.pairs).forEach(function (p) { rows.push(p); }); }
+    });
+    return rows;
+  }
+  document.querySelectorAll(".notdup").forEach(function (box) {
+    box.addEventListener("change", function () { button.disabled = marked().length === 0; });
+  });
+  button.addEventListener("click", function () {
+    var q = function (v) { return '"' + String(v).replace(/"/g, '""') + '"'; };
+    var lines = ["sha256_a,sha256_b,path_a,path_b"].concat(marked().map(function (p) { return p.map(q).join(","); }));
+    var blob = new Blob([lines.join("\n") + "\n"], {type: "text/csv"});
+    var a = document.createElement("a");
+    a.href = URL.createObjectURL(blob); a.download = "{{ marks_file }}"; a.click();
+  });
+})();
+</script>
+{% endif %}
 
 {% if colour.minority %}<h2>Grey and colour images mixed</h2>
 <p>{{ colour.grey }} grey and {{ colour.colour }} colour images ({{ thresholds.grey }} counts as grey, whatever the

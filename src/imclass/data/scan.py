@@ -1,4 +1,5 @@
-"""Decode every file once: corruption check, grey-vs-colour from pixels and a perceptual hash.
+"""Decode every file once: corruption check, grey-vs-colour from pixels, perceptual hashes (as is and
+mirrored) and a tiny grey thumbnail (the first, cheap look at near-duplicate candidates).
 
 Results depend only on a file's bytes, so they are cached by content sha256 (``<cache dir>/scan.sqlite3``);
 a second audit of the same files decodes nothing.
@@ -7,24 +8,27 @@ a second audit of the same files decodes nothing.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import PIL
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageOps
 
 from ..errors import ImageLoadError
 from ..images import load_image
 from ..sqlite_store import SqliteStore
 
-SCAN_VERSION = f"scan-v1/pillow-{PIL.__version__}"
+SCAN_VERSION = f"scan-v2/pillow-{PIL.__version__}"
 #: Decode JPEGs at a reduced DCT scale no smaller than this: every byte of the stream is still decoded.
 DRAFT_SIZE = (128, 128)
 #: A pixel counts as coloured when its channels differ by more than this (0-255 scale).
 GREY_TOLERANCE = 8
 #: An image is grey when at most this fraction of its pixels is coloured.
 GREY_MAX_COLOURED = 0.005
+#: Longest side of the grey thumbnail kept for near-duplicate pre-screening.
+THUMB_SIDE = 48
 
 
 @dataclass
@@ -34,6 +38,17 @@ class ScanFacts:
     error: str | None = None  # why it could not be decoded, else None
     grey: bool | None = None  # pixel content is grey (channels equal), whatever the stored mode
     phash: int | None = None  # 64-bit DCT perceptual hash (imagehash.phash)
+    phash_mirror: int | None = None  # the same of the horizontally mirrored image
+    thumb: bytes | None = None  # grey thumbnail, longest side THUMB_SIDE: 2+2 bytes (h, w) then the pixels
+
+    def thumbnail(self):
+        """The thumbnail as a ``uint8`` array (None when there is none)."""
+        if not self.thumb:
+            return None
+        import numpy as np
+
+        h, w = struct.unpack("<HH", self.thumb[:4])
+        return np.frombuffer(self.thumb, dtype=np.uint8, offset=4).reshape(h, w)
 
 
 def scan_file(path: str) -> ScanFacts:
@@ -45,7 +60,12 @@ def scan_file(path: str) -> ScanFacts:
     except ImageLoadError as e:
         return ScanFacts(error=e.reason)
     img.thumbnail((256, 256), reducing_gap=2.0)
-    return ScanFacts(grey=is_grey(img), phash=int(str(imagehash.phash(img)), 16))
+    mirror = ImageOps.mirror(img)
+    small = img.convert("L")
+    small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
+    thumb = struct.pack("<HH", small.height, small.width) + small.tobytes()
+    return ScanFacts(grey=is_grey(img), phash=int(str(imagehash.phash(img)), 16),
+                     phash_mirror=int(str(imagehash.phash(mirror)), 16), thumb=thumb)
 
 
 def is_grey(img: Image.Image) -> bool:
@@ -65,19 +85,27 @@ class ScanCache(SqliteStore):
             from ..paths import cache_dir
 
             path = cache_dir() / "scan.sqlite3"
-        super().__init__(path, "CREATE TABLE IF NOT EXISTS scan (sha256 TEXT, version TEXT, error TEXT, "
-                               "grey INTEGER, phash TEXT, PRIMARY KEY (sha256, version)) WITHOUT ROWID;")
+        # scan2: the facts of scan-v2 (the table "scan" of earlier releases is left alone)
+        super().__init__(path, "CREATE TABLE IF NOT EXISTS scan2 (sha256 TEXT, version TEXT, error TEXT, "
+                               "grey INTEGER, phash TEXT, phash_mirror TEXT, thumb BLOB, "
+                               "PRIMARY KEY (sha256, version)) WITHOUT ROWID;")
 
     def get(self, shas: Sequence[str]) -> dict[str, ScanFacts]:
-        return {sha: ScanFacts(error, None if grey is None else bool(grey), None if phash is None else int(phash))
-                for sha, error, grey, phash in self.select_in(
-                    "SELECT sha256, error, grey, phash FROM scan WHERE version=? AND sha256 IN ({marks})",
-                    (SCAN_VERSION,), shas)}
+        def num(x):
+            return None if x is None else int(x)
+
+        return {sha: ScanFacts(error, None if grey is None else bool(grey), num(phash), num(mirror), thumb)
+                for sha, error, grey, phash, mirror, thumb in self.select_in(
+                    "SELECT sha256, error, grey, phash, phash_mirror, thumb FROM scan2 "
+                    "WHERE version=? AND sha256 IN ({marks})", (SCAN_VERSION,), shas)}
 
     def put(self, items: Sequence[tuple[str, ScanFacts]]) -> None:
-        self.write("INSERT OR REPLACE INTO scan VALUES (?, ?, ?, ?, ?)",
-                   [(sha, SCAN_VERSION, f.error, None if f.grey is None else int(f.grey),
-                     None if f.phash is None else str(f.phash)) for sha, f in items])
+        def text(x):
+            return None if x is None else str(x)
+
+        self.write("INSERT OR REPLACE INTO scan2 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   [(sha, SCAN_VERSION, f.error, None if f.grey is None else int(f.grey), text(f.phash),
+                     text(f.phash_mirror), f.thumb) for sha, f in items])
 
 
 def scan_dataset(paths: Sequence[str], shas: Sequence[str | None], import_errors: Sequence[str | None], *,

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .audit import near_duplicates
 from .dataset import SPLITS, Dataset, DatasetError
-from .duplicates import COSINE, PHASH_DISTANCE, find_duplicates
 from .facts import Progress, collect, inspected
 from .importers import load_dataset
 from .stratify import iterative_stratification
@@ -54,16 +54,14 @@ def split(
     out: str | os.PathLike | None = None,
     materialize: bool = False,
     mode: str = "link",
-    phash_distance: int = PHASH_DISTANCE,
-    cosine: float = COSINE,
     workers: int = 2,
     cache: bool = True,
     progress: Progress | None = None,
 ) -> SplitResult:
     """Give every unassigned row (every row with ``resplit``) a split, stratified by class.
 
-    Duplicate groups (same content, pHash within ``phash_distance``, embedding cosine >= ``cosine``; the last
-    only when ``embeddings`` is not False) land in one split. Rows that already have a split keep it, and
+    Duplicate groups (the same content, and verified near-duplicates as the audit decides them: a
+    representative and its copies, never chains) land in one split. Rows that already have a split keep it, and
     their duplicates follow them; the new assignments top the splits up towards ``1 - val - test``, ``val``
     and ``test`` of the whole dataset. With ``out``, writes ``out/dataset.csv`` (and, with ``materialize``,
     ``out/<split>/<class>/`` links or copies).
@@ -77,9 +75,7 @@ def split(
         table = ds.table.copy()
         facts = collect(ds, embeddings=embeddings, backbone=backbone, workers=workers, cache=cache,
                         progress=progress)
-        groups = find_duplicates([s if isinstance(s, str) else None for s in table["sha256"]],
-                                 [f.phash for f in facts.scan], facts.vectors,
-                                 phash_distance=phash_distance, cosine=cosine).group_id
+        groups = near_duplicates(ds, facts, workers=workers, cache=cache).group_id
     else:
         groups = np.arange(len(ds))
     y = ds.targets()
