@@ -80,7 +80,7 @@ def dup_group(g: dict[str, Any], card, short) -> dict[str, Any]:
     """A near-duplicate group for the report: cards, one line of evidence per pair, and the pairs to mark."""
     import json
 
-    cards = [card(p, ", ".join(g["labels"][k]) + (" · kept as the original" if p == g.get("representative") else ""))
+    cards = [card(p, ", ".join(g["labels"][k]) + (" · reference" if p == g.get("representative") else ""))
              for k, p in enumerate(g["paths"])]
     evidence = [{"a": short(e["a"]), "b": short(e["b"]), "text": evidence_text(e)} for e in g.get("evidence", [])]
     pairs = [[e.get("sha256_a", ""), e.get("sha256_b", ""), e["a"], e["b"]] for e in g.get("evidence", [])]
