@@ -26,13 +26,14 @@ _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usage
 
 
 def _register_verbs() -> None:
-    from . import data, evaluate, export, models, predict, serve, train
+    from . import data, evaluate, export, models, predict, serve, studio, train
 
     predict.register(app)
     train.register(app)
     evaluate.register(app)
     export.register(app)
     serve.register(app)
+    studio.register(app)
     models.register(app)
     data.register(app)
 

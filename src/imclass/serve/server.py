@@ -8,7 +8,6 @@ The first log line after start-up says where it listens (``--port 0`` picks a fr
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import logging
 import logging.config
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import ParameterError
+from ..network import is_loopback
 from .settings import DEFAULTS, LOG_LEVELS, ServeSettings
 
 ENV_API_KEY = "IMCLASS_API_KEY"
@@ -165,16 +165,6 @@ def _validate(*, port: int, processes: int, threads: int | None, streams: int | 
     for name, ok, problem in checks:
         if not ok:
             raise ParameterError(name, problem)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback name or address (servers bind loopback unless told otherwise)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _fmt_host(host: str) -> str:
