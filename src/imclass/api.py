@@ -35,6 +35,7 @@ _LAZY = {
     "train": ".training.api",
     "Classifier": ".classifier", "Prediction": ".prediction", "Preprocess": ".preprocess",
     "ExportResult": ".export.bundle",
+    "Embedder": ".features", "Embeddings": ".features", "Head": ".features.head", "fit_head": ".features.head",
 }
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     )
     from .evaluation import Comparison, EvalResult, Explanation, compare, evaluate, explain
     from .export.bundle import ExportResult
+    from .features import Embeddings
     from .labelling import LabelSummary, label_library
     from .prediction import Prediction
     from .preprocess import Preprocess
@@ -65,9 +67,12 @@ __all__ = [
     "CleanResult",
     "Comparison",
     "Dataset",
+    "Embedder",
+    "Embeddings",
     "EvalResult",
     "Explanation",
     "ExportResult",
+    "Head",
     "ImageLoadError",
     "ImclassError",
     "LabelSummary",
@@ -82,10 +87,12 @@ __all__ = [
     "audit",
     "clean",
     "compare",
+    "embed",
     "evaluate",
     "explain",
     "export",
     "find_lr",
+    "fit_head",
     "label_library",
     "load",
     "load_dataset",
@@ -148,6 +155,20 @@ def export(model: Any = "default", out: str | os.PathLike | None = None, *, int8
     target = out if out is not None else f"{os.path.basename(os.path.normpath(name)) or 'model'}-onnx"
     images = list(iter_image_paths([os.fspath(c) for c in calibration])) if calibration else None
     return export_bundle(clf, target, int8=int8, images=images, force=force)
+
+
+def embed(images: Sequence[Any], *, model: Any = "default", shas: Sequence[str | None] | None = None,
+          device: str = "auto", threads: int | None = None, workers: int | None = None,
+          progress=None) -> Embeddings:
+    """Embeddings of ``images`` (paths, PIL images or bytes) from ``model``'s backbone: an
+    :class:`~imclass.features.Embeddings` with ``vectors`` ``(N, D)`` (NaN rows for unreadable images) and
+    ``errors``. With ``shas`` (the files' content hashes) they are cached on disk and reused by any later call
+    (probe training, the audit, the studio's suggestions). ``progress(n)``: called with each batch's size.
+    """
+    from .features import Embedder
+
+    embedder = Embedder(model, device=device, threads=threads)
+    return embedder.embed(list(images), None if shas is None else list(shas), workers=workers, progress=progress)
 
 
 def load_image(src: Any):
