@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     )
     from .evaluation import Comparison, EvalResult, Explanation, compare, evaluate, explain
     from .export.bundle import ExportResult
-    from .features import Embeddings
+    from .features import Embedder, Embeddings
+    from .features.head import Head, fit_head
     from .labelling import LabelSummary, label_library
     from .prediction import Prediction
     from .preprocess import Preprocess
