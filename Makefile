@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart setup test test-fast lint bench clean
+.PHONY: quickstart setup browser test test-fast lint bench clean
 
 quickstart: setup
 	$(BIN)/imclass predict samples --top-k 3 --out samples-predictions.csv --overwrite
@@ -24,7 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-test: setup
+# Debian's Chromium for the studio's browser tests (Playwright drives it; its own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium is needed for the studio's browser tests"; exit 1; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup   # the inner loop: everything but the tests that start processes (marked slow)

@@ -366,5 +366,27 @@ def export(request: Request, pid: int, format: Literal["csv"] = "csv", labelled_
                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
 
 
+class FolderExportIn(BaseModel):
+    out: str = Field(min_length=1, max_length=4096, description="a new (or empty) folder on the machine")
+    mode: Literal["link", "copy"] = "link"
+
+
+@router.post("/projects/{pid}/export/folders", summary="Labels as class folders (links or copies)")
+def export_folders(request: Request, pid: int, body: FolderExportIn) -> dict[str, Any]:
+    """``OUT/<class>/<file>`` for every labelled image (single-label projects), as symlinks or copies; the
+    folder is a dataset ``imclass train OUT`` reads. The originals are never moved."""
+    from pathlib import Path
+
+    from .exports import export_class_folders
+
+    s = studio(request)
+    out = Path(body.out).expanduser()
+    if s.settings.allow_dirs is not None:
+        parent = out.resolve().parent
+        if not any(parent == d.resolve() or d.resolve() in parent.parents for d in s.settings.allow_dirs):
+            raise ParameterError("out", f"{body.out} is outside the folders this studio may write (--allow-dir)")
+    return export_class_folders(s.db, pid, out, body.mode)
+
+
 def error_body(request: Request, status: int, detail: Any, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)

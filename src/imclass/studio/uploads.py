@@ -78,8 +78,10 @@ class Receiver:
                 try:
                     parser.write(chunk)
                 except UploadError:
+                    await self._flush()  # the parts completed before the limit are kept
                     raise
                 except Exception as e:
+                    await self._flush()
                     raise UploadError(400, f"malformed multipart body: {e}") from None
                 await self._flush()
             try:
