@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from conftest import SAMPLES, make_image  # noqa: E402
-from imclass.studio import StudioSettings, create_app  # noqa: E402
+from conftest import SAMPLES, make_image
+from imclass.studio import StudioSettings, create_app
 
 PHOTOS = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".jpg", ".png"))
 
@@ -194,7 +194,8 @@ def test_request_limits_and_malformed_bodies(tmp_path):
         assert r.status_code == 422
         r = c.post(f"/api/v1/projects/{pid}/imports", json={"path": str(tmp_path / "missing")})
         assert r.status_code == 422 and "no such file" in r.json()["detail"]
-        r = c.post(f"/api/v1/projects/{pid}/imports", content=b"{not json", headers={"content-type": "application/json"})
+        r = c.post(f"/api/v1/projects/{pid}/imports", content=b"{not json",
+                   headers={"content-type": "application/json"})
         assert r.status_code == 422
 
 
@@ -204,7 +205,8 @@ def test_request_limits_and_malformed_bodies(tmp_path):
     ("get", "/api/v1/projects/{pid}/images/999/thumb", None), ("get", "/api/v1/projects/{pid}/imports/999", None),
     ("delete", "/api/v1/projects/{pid}/classes/nope", None), ("post", "/api/v1/projects/{pid}/images/999/undo", None),
     ("get", "/api/v1/projects/{pid}/images?limit=5000", None), ("get", "/api/v1/projects/{pid}/images?status=x", None),
-    ("get", "/api/v1/projects/abc", None), ("post", "/api/v1/projects/{pid}/labels/bulk", {"ids": [999], "label": "cat"}),
+    ("get", "/api/v1/projects/abc", None),
+    ("post", "/api/v1/projects/{pid}/labels/bulk", {"ids": [999], "label": "cat"}),
 ])
 def test_unknown_ids_and_bad_values_are_4xx(client, method, path, body):
     pid = new_project(client)
