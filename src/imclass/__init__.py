@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         TrainConfig,
         TrainResult,
         audit,
+        augmentations,
         clean,
         compare,
         embed,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
         resize,
         split,
         train,
+        update_bundle,
     )
 
 __all__ = [
@@ -84,6 +86,7 @@ __all__ = [
     "TrainResult",
     "__version__",
     "audit",
+    "augmentations",
     "clean",
     "compare",
     "embed",
@@ -100,6 +103,7 @@ __all__ = [
     "resize",
     "split",
     "train",
+    "update_bundle",
 ]
 
 

@@ -86,6 +86,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "audit",
+    "augmentations",
     "clean",
     "compare",
     "embed",
@@ -102,6 +103,7 @@ __all__ = [
     "resize",
     "split",
     "train",
+    "update_bundle",
 ]
 
 
@@ -170,6 +172,50 @@ def embed(images: Sequence[Any], *, model: Any = "default", shas: Sequence[str |
 
     embedder = Embedder(model, device=device, threads=threads)
     return embedder.embed(list(images), None if shas is None else list(shas), workers=workers, progress=progress)
+
+
+def update_bundle(path: str | os.PathLike, *, unknown_threshold: Any = "keep", label_thresholds: Any = "keep"):
+    """Change a trained bundle's thresholds (``unknown_threshold``: below it a prediction is ``unknown``; None:
+    never) without retraining; returns its new spec."""
+    from .models.bundle import update_bundle as update
+
+    return update(path, unknown_threshold=unknown_threshold, label_thresholds=label_thresholds)
+
+
+def augmentations(image: Any, *, preset: str = "default", n: int = 8, size: int = 224, seed: int = 0) -> list:
+    """``n`` augmented versions of one image (a path, PIL image or bytes) as fine-tuning would see them with
+    ``preset`` (none | light | default | heavy): PIL images, for a preview grid."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from .images import load_image as _load
+    from .preprocess import Preprocess
+    from .training.config import AUGMENTS
+    from .training.finetune import train_transform
+
+    if preset not in AUGMENTS:
+        raise ParameterError("preset", f"must be one of {', '.join(AUGMENTS)}")
+    if not 1 <= n <= 64:
+        raise ParameterError("n", "must be between 1 and 64")
+    img = _load(image)
+    transform = train_transform(Preprocess(input_size=(size, size)), preset)
+    out = []
+    for i in range(n):
+        random.seed(seed + i)
+        torch.manual_seed(seed + i)
+        np.random.seed(seed + i)
+        t = transform(img)
+        arr = t.numpy() if hasattr(t, "numpy") else np.asarray(t)
+        if arr.ndim == 3 and arr.shape[0] == 3:  # a normalised CHW tensor: back to pixels
+            mean = np.asarray((0.485, 0.456, 0.406)).reshape(3, 1, 1)
+            std = np.asarray((0.229, 0.224, 0.225)).reshape(3, 1, 1)
+            arr = np.clip((arr * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        from PIL import Image
+
+        out.append(Image.fromarray(np.asarray(arr, dtype=np.uint8)))
+    return out
 
 
 def load_image(src: Any):

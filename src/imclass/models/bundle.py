@@ -161,3 +161,26 @@ def load_bundle(path: str | os.PathLike):
     spec.bundle_dir = os.fspath(path)
     return model, spec
 
+
+def update_bundle(path: str | os.PathLike, *, unknown_threshold: float | str | None = "keep",
+                  label_thresholds: list[float] | str | None = "keep") -> ModelSpec:
+    """Change a bundle's decision thresholds in its manifest (written atomically; the weights are untouched).
+
+    ``unknown_threshold``: top probability below which a prediction is ``unknown`` (None: never); ``"keep"``
+    leaves a value as it is.
+    """
+    from ..errors import ParameterError
+
+    m = read_manifest(path)
+    th = dict(m.get("thresholds") or {})
+    if unknown_threshold != "keep":
+        if unknown_threshold is not None and not 0.0 <= float(unknown_threshold) <= 1.0:
+            raise ParameterError("unknown_threshold", "must be between 0 and 1 (or None)")
+        th["unknown"] = None if unknown_threshold is None else float(unknown_threshold)
+    if label_thresholds != "keep":
+        th["labels"] = label_thresholds
+    m["thresholds"] = th
+    spec = manifest_to_spec(m, source=os.fspath(path))  # validates before writing
+    atomic_write_text(Path(path) / MANIFEST, json.dumps(m, indent=2) + "\n")
+    return spec
+

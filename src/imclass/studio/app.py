@@ -35,9 +35,11 @@ def create_app(settings: StudioSettings | None = None, studio: Studio | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from .runner import start_runner
         from .worker import start_worker
 
         s.worker = start_worker(s)
+        s.runner = start_runner(s)
         try:
             yield
         finally:
@@ -99,9 +101,10 @@ def create_app(settings: StudioSettings | None = None, studio: Studio | None = N
     def healthz():
         return {"status": "ok"}
 
-    from . import api, pages
+    from . import api, pages, runs_api
 
     app.include_router(api.router)
+    app.include_router(runs_api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -22,16 +22,21 @@ class Studio:
     running: dict[int, Future] = field(default_factory=dict)  # import id -> its future
     stop: threading.Event = field(default_factory=threading.Event)
     commit_lock: threading.Lock = field(default_factory=threading.Lock)
-    worker: Any = None  # the background worker (process or thread), see worker.py
+    worker: Any = None  # the suggestion worker (process or thread), see worker.py
+    runner: Any = None  # the training-run process (or thread), see runner.py
+    models: dict[int, Any] = field(default_factory=dict)  # run id -> loaded Classifier ("Try it")
 
     @classmethod
     def open(cls, settings: StudioSettings) -> Studio:
+        from . import runs, tasks
         from .imports import interrupt_running
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_path)
         db.migrate()
         interrupt_running(db)
+        runs.interrupt_running(db)
+        tasks.interrupt_running(db)
         store = Store(settings.data_dir / "files")
         for leftover in (store.root / "tmp").iterdir():  # parts of uploads cut short by a crash
             leftover.unlink(missing_ok=True)
@@ -40,6 +45,7 @@ class Studio:
     def close(self) -> None:
         self.stop.set()
         self.imports.shutdown(wait=True, cancel_futures=True)
-        if self.worker is not None:
-            self.worker.stop()
+        for background in (self.worker, self.runner):
+            if background is not None:
+                background.stop()
         self.db.close()

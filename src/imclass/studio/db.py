@@ -126,6 +126,56 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX flags_project ON flags (project_id, kind, rank);
     """,
+    # 3: training runs, their live events, and their predictions on the validation images
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        status TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        params TEXT NOT NULL,
+        created REAL NOT NULL, started REAL, finished REAL,
+        stage TEXT, done INTEGER, total INTEGER,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        epochs INTEGER,
+        metrics TEXT,
+        error TEXT,
+        out TEXT,
+        cancel INTEGER NOT NULL DEFAULT 0,
+        parent INTEGER
+    );
+    CREATE INDEX runs_project ON runs (project_id, id);
+    CREATE TABLE run_events (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX run_events_run ON run_events (run_id, id);
+    CREATE TABLE run_predictions (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        image_id INTEGER NOT NULL,
+        true_label TEXT NOT NULL,
+        predicted TEXT,
+        confidence REAL,
+        correct INTEGER,
+        loss REAL,
+        PRIMARY KEY (run_id, image_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        params TEXT NOT NULL,
+        status TEXT NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        total INTEGER,
+        result TEXT,
+        error TEXT,
+        created REAL NOT NULL, finished REAL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

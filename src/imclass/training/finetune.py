@@ -182,9 +182,19 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
         _seed_everything(cfg.seed * 1000 + epoch)
         return _loader(train_rows, cfg.batch_size, True, cfg.seed * 1000 + epoch, workers)
 
+    last: dict[str, np.ndarray] = {}
+
     def val_scores(run: Run) -> dict[str, float]:
         logits = predict_logits(run.model, [paths[i] for i in va_idx], pre, device, cfg.batch_size, cfg.workers)
+        last["logits"] = logits
         return _val_scores(logits, y[va_idx], ds.multi_label, run.loss_fn, device)
+
+    if on_epoch is not None:  # each epoch's record, with the predictions on a fixed sample of validation images
+        report = on_epoch
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            report({**record, "preview": preview(last.get("logits"), [paths[i] for i in va_idx], y[va_idx],
+                                                 ds.classes, ds.multi_label)})
 
     ckpt_dir = (out / "checkpoints") if out is not None else Path(tempfile.mkdtemp(prefix="imclass-train-"))
     run_only = ("device", "workers", "loader_workers", "epochs")  # settings a resumed run may change
@@ -232,6 +242,34 @@ def predict_logits(model, paths: list[str], pre: Preprocess, device: str, batch_
     finally:
         model.train(was_training)
     return logits
+
+
+#: Validation images whose predictions are shown after every epoch (the first ones, always the same).
+PREVIEW = 12
+
+
+def preview(logits: np.ndarray | None, paths: list[str], y: np.ndarray, classes: list[str], multi: bool,
+            n: int = PREVIEW) -> list[dict[str, Any]]:
+    """``[{path, true, predicted, score}]`` for the first ``n`` validation images (labels joined by ``;``)."""
+    if logits is None:
+        return []
+    from ..numerics import sigmoid, softmax
+
+    rows = []
+    for i in range(min(n, len(paths))):
+        z = logits[i:i + 1].astype(np.float64)
+        if not np.isfinite(z).all():
+            continue
+        if multi:
+            p = sigmoid(z)[0]
+            true = ";".join(c for c, t in zip(classes, y[i]) if t)
+            pred = ";".join(c for c, q in zip(classes, p) if q >= 0.5)
+            score = float(p.max())
+        else:
+            p = softmax(z)[0]
+            true, pred, score = classes[int(y[i])], classes[int(p.argmax())], float(p.max())
+        rows.append({"path": paths[i], "true": true, "predicted": pred, "score": round(score, 4)})
+    return rows
 
 
 def _num_outputs(model) -> int:
