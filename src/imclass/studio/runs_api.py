@@ -55,6 +55,7 @@ class RunOut(BaseModel):
     error: str | None
     resumable: bool
     parent: int | None
+    bundle: str | None = Field(None, description="the model bundle's folder, once the run is done")
     created: float
     started: float | None
     finished: float | None
