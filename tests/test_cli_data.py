@@ -37,7 +37,7 @@ def _invoke(*args: str):
 def test_register_adds_the_data_group_with_all_commands():
     group = typer.main.get_command(_app())
     data = group.commands["data"]
-    assert set(data.commands) == {"audit", "clean", "split", "resize"}
+    assert set(data.commands) == {"audit", "clean", "split", "resize", "download", "export"}
     for name, cmd in data.commands.items():
         assert cmd.epilog and cmd.epilog.startswith(f"Example: imclass data {name} "), name
 

@@ -27,7 +27,7 @@ from .errors import ImageLoadError, ImclassError, ModelNotFoundError, ParameterE
 _LAZY = {
     "AuditResult": ".data", "CleanResult": ".data", "Dataset": ".data", "ResizeResult": ".data",
     "SplitResult": ".data", "audit": ".data", "clean": ".data", "load_dataset": ".data", "resize": ".data",
-    "split": ".data",
+    "split": ".data", "DownloadResult": ".data", "download": ".data", "export_dataset": ".data",
     "Comparison": ".evaluation", "EvalResult": ".evaluation", "Explanation": ".evaluation",
     "compare": ".evaluation", "evaluate": ".evaluation", "explain": ".evaluation",
     "LabelSummary": ".labelling", "label_library": ".labelling",
@@ -35,6 +35,7 @@ _LAZY = {
     "train": ".training.api",
     "Classifier": ".classifier", "Prediction": ".prediction", "Preprocess": ".preprocess",
     "ExportResult": ".export.bundle",
+    "Index": ".index",
     "Embedder": ".features", "Embeddings": ".features", "Head": ".features.head", "fit_head": ".features.head",
 }
 
@@ -44,10 +45,13 @@ if TYPE_CHECKING:
         AuditResult,
         CleanResult,
         Dataset,
+        DownloadResult,
         ResizeResult,
         SplitResult,
         audit,
         clean,
+        download,
+        export_dataset,
         load_dataset,
         resize,
         split,
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from .export.bundle import ExportResult
     from .features import Embedder, Embeddings
     from .features.head import Head, fit_head
+    from .index import Index
     from .labelling import LabelSummary, label_library
     from .prediction import Prediction
     from .preprocess import Preprocess
@@ -68,6 +73,7 @@ __all__ = [
     "CleanResult",
     "Comparison",
     "Dataset",
+    "DownloadResult",
     "Embedder",
     "Embeddings",
     "EvalResult",
@@ -76,6 +82,7 @@ __all__ = [
     "Head",
     "ImageLoadError",
     "ImclassError",
+    "Index",
     "LabelSummary",
     "ModelNotFoundError",
     "ParameterError",
@@ -89,10 +96,12 @@ __all__ = [
     "augmentations",
     "clean",
     "compare",
+    "download",
     "embed",
     "evaluate",
     "explain",
     "export",
+    "export_dataset",
     "find_lr",
     "fit_head",
     "label_library",

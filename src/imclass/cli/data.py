@@ -1,7 +1,8 @@
-"""``imclass data audit|clean|split|resize``: a thin face over :mod:`imclass.api`.
+"""``imclass data audit|clean|split|resize|download|export``: a thin face over :mod:`imclass.api`.
 
 Exit codes: 0 success, 1 usage or configuration error, 2 finished with per-file problems (audit: files
-that cannot be read; with ``--strict``, any finding; resize: files skipped as unreadable).
+that cannot be read; with ``--strict``, any finding; resize: files skipped as unreadable; download: URLs that
+failed).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from .progress import StageProgress
 SHOW_FILES = 5  # files listed per finding in the terminal summary
 
 data_app = typer.Typer(
-    name="data", help="Audit, clean, split and resize labelled image datasets (class folders or CSV).",
+    name="data", help="Download, audit, clean, split, resize and export labelled image datasets (class folders, "
+                      "CSV, Label Studio, Hugging Face).",
     no_args_is_help=True, add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False)
 
 MultiLabel = Annotated[Optional[bool], typer.Option("--multi-label/--single-label",
@@ -344,6 +346,156 @@ def resize(
         if res.csv:
             err.print(f"Dataset: {res.csv}", highlight=False)
     return EXIT_PARTIAL if res.failed else EXIT_OK
+
+
+# ---- download ---------------------------------------------------------------------------------------
+
+@command(data_app, example="imclass data download urls.csv --out photos/")
+def download(
+    urls: Annotated[Path, typer.Argument(
+        help="A CSV/TSV with a url column (optional: label, labels, split, filename) or a text file with one URL "
+             "a line.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the images (OUT/<label>/ with a label "
+                                                              "column), manifest.csv and dataset.csv.",
+                                          show_default=False)],
+    parallel: Annotated[int, typer.Option("--parallel", min=1, help="Downloads at once.")] = 16,
+    per_host: Annotated[int, typer.Option("--per-host", min=1, help="Downloads at once from one host.")] = 4,
+    delay: Annotated[float, typer.Option("--delay", min=0.0, help="Seconds between request starts to one host "
+                                                                  "(politeness).")] = 0.25,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries after 429, 5xx or a dropped connection "
+                                                                  "(exponential backoff; Retry-After honoured).")] = 3,
+    connect_timeout: Annotated[float, typer.Option("--connect-timeout", min=0.1, help="Seconds to connect.")] = 10.0,
+    deadline: Annotated[float, typer.Option("--deadline", min=0.1, help="Seconds one file may take in all "
+                                                                        "(connect, redirects, body).")] = 120.0,
+    max_size: Annotated[float, typer.Option("--max-size", min=0.001, help="Largest file, in MB.")] = 50.0,
+    no_private: Annotated[bool, typer.Option("--no-private", help="Refuse private, loopback and link-local "
+                                                                  "addresses (as a server must).")] = False,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        "--allow-host", help="With --no-private: an exact host:port still allowed (repeatable).")] = None,
+    as_json: JsonFlag = False,
+    quiet: Quiet = False,
+) -> int:
+    """Download the images a URL list names into OUT: checked through the image loader, named by content (or the
+    filename column), duplicates kept once.
+
+    Every URL gets a row in OUT/manifest.csv (url, path, sha256, label, split, status, error). Run it again to
+    fetch only what is missing or failed. Exits 2 when some URLs failed.
+    """
+    from ..api import download as run_download
+
+    with _DownloadBar(quiet or as_json) as bar:
+        res = run_download(urls, out_dir, parallel=parallel, per_host=per_host, delay=delay, retries=retries,
+                           connect_timeout=connect_timeout, deadline=deadline, max_bytes=int(max_size * 1e6),
+                           private_ok=not no_private, allow_hosts=allow_host or None, progress=bar)
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_dict(), ensure_ascii=False, indent=1) + "\n")
+    else:
+        from rich.markup import escape
+
+        c = res.counts
+        def n(k: int, what: str) -> str:
+            return f"{k} {what}" + ("" if k == 1 else "s")
+
+        err.print(f"{n(c['urls'], 'URL')}: {n(c['files'], 'file')}, {n(c['duplicates'], 'duplicate')}, "
+                  f"{c['failed']} failed ({n(c['new_files'], 'new file')}, {res.bytes / 1e6:.1f} MB in "
+                  f"{res.seconds:.1f} s"
+                  + (f"; {c['skipped']} kept from an earlier run" if c["skipped"] else "") + ")", highlight=False)
+        failed = res.failed
+        for r in failed[:SHOW_FILES]:
+            err.print(f"[red]failed[/red] {escape(r['url'])}: {escape(r['error'])}", highlight=False)
+        if len(failed) > SHOW_FILES:
+            err.print(f"... and {len(failed) - SHOW_FILES} more (see the manifest)", highlight=False)
+        err.print(f"Manifest: {res.manifest}" + (f"\nDataset: {res.dataset_csv}" if res.dataset_csv else ""),
+                  highlight=False)
+    return EXIT_PARTIAL if res.counts["failed"] else EXIT_OK
+
+
+class _DownloadBar:
+    """A rich bar with files/s and MB/s (stderr); callable as ``progress(done, total, bytes)``."""
+
+    def __init__(self, quiet: bool):
+        self.progress = None
+        if not quiet:
+            from rich.progress import TextColumn
+
+            from .progress import rich_progress
+
+            self.progress = rich_progress(err, TextColumn("{task.fields[rate]}"), description="Downloading")
+        self.task = None
+        self.start = 0.0
+        self.kept = 0
+
+    def __enter__(self):
+        import time
+
+        self.start = time.perf_counter()
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, done: int, total: int, nbytes: int) -> None:
+        if self.progress is None:
+            return
+        import time
+
+        if self.task is None:  # the first call counts what an earlier run kept: not part of the rate
+            self.kept, self.start = done, time.perf_counter()
+        elapsed = max(time.perf_counter() - self.start, 1e-6)
+        rate = f"{(done - self.kept) / elapsed:.1f} files/s {nbytes / elapsed / 1e6:.2f} MB/s"
+        if self.task is None:
+            self.task = self.progress.add_task("Downloading", total=total, rate=rate)
+        self.progress.update(self.task, completed=done, total=total, rate=rate)
+
+
+# ---- export -----------------------------------------------------------------------------------------
+
+@command(data_app, example="imclass data export photos/ --format labelstudio --out tasks.json")
+def export(
+    data: Annotated[Path, typer.Argument(
+        help="Class folders, split folders, a CSV/TSV, a Label Studio JSON export, a Hugging Face imagefolder "
+             "(metadata.csv/.jsonl) or a datasets save_to_disk folder.", show_default=False)],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="A .csv or .json file (csv, labelstudio) or a new "
+                                                               "folder (folders, imagefolder, hf-datasets).",
+                                           show_default=False)],
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", "-f", help="csv | folders | labelstudio | imagefolder | hf-datasets. Default: from --out "
+                               "(.csv, .json, else folders).", show_default=False)] = None,
+    link: Annotated[bool, typer.Option("--link", help="Symlink the images instead of copying them.")] = False,
+    image_prefix: Annotated[Optional[str], typer.Option(
+        "--image-prefix", help="labelstudio: put before each image path, e.g. /data/local-files/?d=photos/ for "
+                               "Label Studio's local storage.")] = None,
+    images_dir: Annotated[Optional[Path], typer.Option(
+        "--images-dir", help="Folder the input's image paths are relative to (a CSV's filenames, Label Studio's "
+                             "/data/upload/... files).")] = None,
+    multi_label: MultiLabel = None,
+    skip_bad_rows: SkipBadRows = False,
+    as_json: JsonFlag = False,
+    quiet: Quiet = False,
+) -> int:
+    """Write DATA in another format: csv, class folders, Label Studio JSON, Hugging Face imagefolder (images and
+    metadata.jsonl per split) or a datasets save_to_disk folder.
+
+    Labels and splits are kept: importing the result gives the same dataset. The input is read the same way, so
+    this also converts between the formats.
+    """
+    from ..api import export_dataset
+    from ..data.formats import FORMATS
+
+    if fmt is not None and fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
+    with _stages(quiet or as_json) as stages:
+        ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
+    res = export_dataset(ds, out_path, format=fmt, mode="link" if link else "copy", image_prefix=image_prefix)
+    if as_json:
+        out.print_json(json.dumps(res))
+    else:
+        err.print(f"Wrote {res['images']} images, {len(res['classes'])} classes ({res['task'].replace('_', '-')}) "
+                  f"as {res['format']}: {out_path}", highlight=False)
+    return EXIT_OK
 
 
 # ---- helpers ----------------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ Accepted layouts (``load_dataset`` picks by looking):
   - a multi-label column ``labels`` / ``tags`` (separated by ``;``, ``,``, ``|`` or spaces), or
   - multi-hot ``0``/``1`` columns, one per class;
   and optionally a ``split`` column. Paths are relative to the CSV's folder (or its ``images/`` subfolder,
-  when the files are there), or to ``images_dir``.
+  when the files are there), or to ``images_dir``;
+- the labelling tools' formats (:mod:`imclass.data.formats`): a Label Studio JSON export (``.json``; image
+  references resolved against ``images_dir``), a Hugging Face imagefolder with ``metadata.csv`` /
+  ``metadata.jsonl``, or a ``datasets`` ``save_to_disk`` folder (with the ``datasets`` library).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from ..engine.sources import iter_image_paths
+from . import formats
 from .dataset import COLUMNS, Dataset, DatasetError, Problem
 
 FILE_COLUMNS = ("filename", "file", "file_name", "path", "filepath", "image", "image_path", "img", "image_id", "id")
@@ -53,7 +57,8 @@ def load_dataset(
     workers: int = 4,
     progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
-    """Import a dataset from class folders, split folders or a CSV/TSV (see the module docstring).
+    """Import a dataset from class folders, split folders, a CSV/TSV, a Label Studio JSON export, a Hugging Face
+    imagefolder or a ``datasets`` folder (see the module docstring).
 
     ``on_error="raise"`` stops at the first malformed row or unknown file with a message naming it;
     ``"skip"`` leaves such rows out and lists them in ``Dataset.problems``. ``inspect`` fills ``sha256``,
@@ -66,11 +71,21 @@ def load_dataset(
         raise DatasetError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     src = Path(source)
     if src.is_file():
-        rows, problems, declared_multi, classes_hint = _from_csv(src, images_dir, on_error, multi_label)
+        if src.suffix.lower() == ".json":  # Label Studio's JSON export
+            rows, problems, declared_multi, classes_hint = formats.read_labelstudio(src, images_dir, on_error,
+                                                                                    multi_label)
+        else:
+            rows, problems, declared_multi, classes_hint = _from_csv(src, images_dir, on_error, multi_label)
         root = str((Path(images_dir) if images_dir else src.parent).resolve())
     elif src.is_dir():
-        rows, problems = _from_folders(src)
-        declared_multi, classes_hint = False, None
+        kind = formats.folder_kind(src)
+        if kind == "hf-datasets":  # a datasets save_to_disk folder
+            rows, problems, declared_multi, classes_hint = formats.read_hf_datasets(src, on_error, images_dir)
+        elif kind == "imagefolder":  # Hugging Face imagefolder with metadata.csv / metadata.jsonl
+            rows, problems, declared_multi, classes_hint = formats.read_imagefolder(src, on_error)
+        else:
+            rows, problems = _from_folders(src)
+            declared_multi, classes_hint = False, None
         root = str(src.resolve())
     elif not src.exists():
         raise DatasetError(f"{source}: no such file or folder")
