@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -60,7 +61,8 @@ def create_app(settings: StudioSettings | None = None, studio: Studio | None = N
                 return JSONResponse({"detail": "missing or invalid API key (Authorization: Bearer KEY, "
                                                "X-API-Key: KEY, or log in at /login)"}, status_code=401,
                                     headers={"WWW-Authenticate": "Bearer"})
-            return RedirectResponse(f"/login?next={path}", status_code=303)
+            target = path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
         if not auth.same_origin(request.method, request.headers, by_header):
             return JSONResponse({"detail": "cross-site request refused: use the studio's own pages, or send the "
                                            "API key in a header"}, status_code=403)
@@ -101,10 +103,11 @@ def create_app(settings: StudioSettings | None = None, studio: Studio | None = N
     def healthz():
         return {"status": "ok"}
 
-    from . import api, pages, runs_api
+    from . import api, assist_api, pages, runs_api
 
     app.include_router(api.router)
     app.include_router(runs_api.router)
+    app.include_router(assist_api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

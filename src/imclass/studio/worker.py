@@ -2,8 +2,12 @@
 runs, in a process of its own so the web server stays responsive (``python -m imclass.studio.worker DIR``).
 
 The server starts it and stops it; its pid is kept in ``DIR/worker.pid``, so a studio that was killed leaves
-no orphan: the next start stops any worker left from before. ``worker="thread"`` runs the same loop in a thread
-(tests); ``"none"`` runs nothing.
+no orphan: the next start stops any worker left from before (and a worker whose server died stops by itself).
+``worker="thread"`` runs the same loop in a thread (tests); ``"none"`` runs nothing.
+
+The worker process leaves the server a core: it runs at a lower priority (nice 10), with one BLAS/OpenMP thread
+and one inference thread, and does its work in small pieces (see :func:`imclass.studio.assist.step`), checking
+``stop`` between them.
 """
 
 from __future__ import annotations
@@ -18,9 +22,16 @@ import threading
 import time
 from pathlib import Path
 
+from . import processes
+
 log = logging.getLogger("imclass.studio.worker")
 PID_FILE = "worker.pid"
 IDLE_SECONDS = 1.0
+#: A project whose step failed is left alone this long (no retry storm, the other projects go on).
+BACKOFF_SECONDS = 30.0
+NICE = 10
+#: Environment of the worker process: one thread for BLAS/OpenMP (the server keeps the other core).
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class Loop:
@@ -33,6 +44,7 @@ class Loop:
         self.settings = settings or StudioSettings(data_dir=Path(data_dir), worker="none")
         self.db = Database(self.settings.db_path)
         self.db.migrate()
+        self.failed: dict[int, float] = {}  # project id -> when its last step failed
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -51,8 +63,15 @@ class Loop:
         for row in self.db.all("SELECT id FROM projects ORDER BY updated DESC"):
             if stop.is_set():
                 return False
-            if assist.step(self.db, row["id"], self.settings, stop):
-                return True
+            pid = row["id"]
+            if time.monotonic() - self.failed.get(pid, -BACKOFF_SECONDS) < BACKOFF_SECONDS:
+                continue
+            try:
+                if assist.step(self.db, pid, self.settings, stop):
+                    return True
+            except Exception:  # one project's failure must not stop the others
+                log.exception("background work on project %d failed; retrying in %.0fs", pid, BACKOFF_SECONDS)
+                self.failed[pid] = time.monotonic()
         return False
 
 
@@ -73,8 +92,11 @@ class ProcessWorker:
     def __init__(self, studio):
         self.pid_file = studio.settings.data_dir / PID_FILE
         stop_orphan(self.pid_file)
-        env = {**os.environ, "IMCLASS_STUDIO_WORKER": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "imclass.studio.worker", str(studio.settings.data_dir)],
+        settings = studio.settings
+        env = {**os.environ, **THREAD_ENV, "IMCLASS_STUDIO_WORKER": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "imclass.studio.worker", str(settings.data_dir),
+                                      "--retrain-every", str(settings.retrain_every),
+                                      "--min-per-class", str(settings.min_per_class)],
                                      env=env, stdin=subprocess.DEVNULL)
         self.pid_file.write_text(str(self.proc.pid))
 
@@ -91,22 +113,9 @@ class ProcessWorker:
 
 
 def stop_orphan(pid_file: Path) -> None:
-    """Stop a worker a killed studio left running (its pid is in the data folder)."""
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        cmdline = []
-    if cmdline and b"imclass.studio.worker" not in b" ".join(cmdline):
-        return  # the pid was reused by something else
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
-        log.warning("stopped worker %d left from an earlier studio", pid)
-    with contextlib.suppress(OSError):
-        pid_file.unlink()
+    """Stop a worker a killed studio left running (its pid is in the data folder) and remove the pid file (also
+    when the pid now names another process: then that process is left alone)."""
+    processes.stop_orphan(pid_file, "imclass.studio.worker")
 
 
 def start_worker(studio):
@@ -117,11 +126,23 @@ def start_worker(studio):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m imclass.studio.worker DATA_DIR", file=sys.stderr)
-        return 1
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m imclass.studio.worker",
+                                 description="The studio's background worker (started by the studio).")
+    ap.add_argument("data_dir")
+    ap.add_argument("--retrain-every", type=int, default=None)
+    ap.add_argument("--min-per-class", type=int, default=None)
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("IMCLASS_WORKER_LOG", "INFO"),  # DEBUG: a line per chunk embedded
+                        format="%(asctime)s worker %(levelname)s %(message)s")
+    from .settings import StudioSettings
+
+    changes = {k: v for k, v in (("retrain_every", args.retrain_every), ("min_per_class", args.min_per_class))
+               if v is not None}
+    settings = StudioSettings(data_dir=Path(args.data_dir), worker="none", **changes)
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(NICE)  # the web server answers first
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -134,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
 
     threading.Thread(target=watch_parent, daemon=True).start()
-    Loop(args[0]).run(stop)
+    from . import assist
+
+    threading.Thread(target=assist.warm_up, daemon=True, name="imclass-studio-warm-up").start()
+    Loop(settings.data_dir, settings).run(stop)
     return 0
 
 
