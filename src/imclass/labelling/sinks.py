@@ -4,6 +4,9 @@
   record (a kill -9 mid-write) is cut off and the paths already present are skipped.
 - ``.json`` / ``.parquet``: formats that cannot be appended to are written through a journal
   (``<output>.partial.jsonl``, same resume rules) and converted atomically when the run ends.
+- ``.parquet`` as a folder of parts (``parts=True``, or an existing folder): ``part-00000.parquet``, ...,
+  each written atomically once complete; pyarrow reads the folder as one dataset. Large distributed runs
+  write this way (parts named by their input partition), and any run can resume such a folder.
 """
 
 from __future__ import annotations
@@ -84,11 +87,14 @@ class Sink(ABC):
 
 
 def open_sink(path: str | os.PathLike, *, top_k: int, resume: bool = False, overwrite: bool = False,
-              extra_columns: tuple[str, ...] = ()) -> Sink:
+              extra_columns: tuple[str, ...] = (), parts: bool | None = None, part_rows: int = 10_000) -> Sink:
     """Open an output file for writing predictions; see the module docstring. ``extra_columns``: keys of
-    ``Prediction.extra`` that the CSV gets as columns after ``error`` (the other formats carry every key)."""
+    ``Prediction.extra`` that the CSV gets as columns after ``error`` (the other formats carry every key).
+
+    ``parts`` (``.parquet`` only): True writes a folder of parts of ``part_rows`` rows, False one file, None
+    (default) continues whichever exists (a new output is one file)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not (path.suffix.lower() == ".parquet" and parts is not False and is_parts_folder(path)):
         raise OutputError(f"{path} is a directory; give a file name such as {path / 'predictions.csv'}")
     fmt = output_format(path)
     if not path.parent.exists():
@@ -98,9 +104,13 @@ def open_sink(path: str | os.PathLike, *, top_k: int, resume: bool = False, over
     if exists and not (resume or overwrite):
         raise OutputError(f"{path} already exists: resume it (--resume) or replace it (--overwrite)")
     if overwrite and not resume:
+        if path.is_dir():
+            remove_parts(path)
         for p in (path, journal):
-            if p is not None and p.exists():
+            if p is not None and p.is_file():
                 p.unlink()
+    if fmt == "parquet" and (path.is_dir() or (parts and not path.exists() and not journal.exists())):
+        return PartsSink(path, extra_columns=tuple(extra_columns), part_rows=part_rows)
     if fmt == "csv":
         return CsvSink(path, top_k, tuple(extra_columns))
     if fmt == "jsonl":
@@ -232,21 +242,114 @@ class JournalSink(JsonlSink):
             JsonlSink.close(self)
 
 
-def write_parquet(rows: list[dict], path: Path) -> None:
+def write_parquet(rows: list[dict], path: Path, schema=None) -> None:
+    """Rows as one Parquet file; ``schema`` fixes the columns (else: :func:`parquet_schema` + the rows' extras)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([
-        ("path", pa.string()), ("label", pa.string()), ("score", pa.float64()), ("error", pa.string()),
-        ("topk", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
-        ("labels", pa.list_(pa.string())),  # multi-label models: every label above its threshold
-    ])
-    if not any("labels" in r for r in rows):  # single-label models: the columns of every earlier release
-        schema = schema.remove(schema.get_field_index("labels"))
-    for name in dict.fromkeys(k for r in rows for k in r if k not in schema.names):  # extra columns, typed by
-        schema = schema.append(pa.field(name, pa.array([r.get(name) for r in rows]).type))  # their values
+    if schema is None:
+        schema = parquet_schema(any("labels" in r for r in rows))
+        for name in dict.fromkeys(k for r in rows for k in r if k not in schema.names):  # extra columns, typed by
+            schema = schema.append(pa.field(name, pa.array([r.get(name) for r in rows]).type))  # their values
     cols = {name: [r.get(name) for r in rows] for name in schema.names}
     pq.write_table(pa.table(cols, schema=schema), path)
+
+
+#: Types of the known extra columns (``--ids``), single-label and multi-label.
+EXTRA_TYPES = {"class_index": ("int64", "list<int64>"), "wnid": ("string", "list<string>")}
+
+
+def parquet_schema(multi_label: bool, extra: tuple[str, ...] = ()):
+    """The Parquet columns of a predictions file: ``labels`` only for multi-label models (single-label outputs keep
+    the columns of every earlier release), then the known ``extra`` columns (:data:`EXTRA_TYPES`)."""
+    import pyarrow as pa
+
+    fields = [("path", pa.string()), ("label", pa.string()), ("score", pa.float64()), ("error", pa.string()),
+              ("topk", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())])))]
+    if multi_label:
+        fields.append(("labels", pa.list_(pa.string())))  # every label above its threshold
+    types = {"int64": pa.int64(), "string": pa.string(), "list<int64>": pa.list_(pa.int64()),
+             "list<string>": pa.list_(pa.string())}
+    for name in extra:
+        fields.append((name, types[EXTRA_TYPES[name][int(multi_label)]]))
+    return pa.schema(fields)
+
+
+PART_GLOB = "part-*.parquet"
+
+
+def is_parts_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder of prediction parts (or an empty folder, which may become one)."""
+    path = Path(path)
+    return path.is_dir() and all(p.name.startswith((".", "part-")) for p in path.iterdir())
+
+
+def remove_parts(folder: Path) -> None:
+    """Delete a parts folder written by :class:`PartsSink` (its parts and leftover temporary files)."""
+    if not is_parts_folder(folder):
+        raise OutputError(f"{folder} holds files other than prediction parts; not removing it")
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
+
+
+class PartsSink(Sink):
+    """A folder of Parquet parts, each replaced atomically when complete, so a part is either whole or absent.
+
+    :meth:`write_part` names a part by its input partition (``part-00042.parquet``; a second part for the same
+    partition, when the library grew between runs, is ``part-00042-1.parquet``); :meth:`write` collects rows
+    into numbered parts of ``part_rows``. ``done``: the paths already in the folder. ``multi_label``: set before
+    the first write when known (a ``labels`` column in every part), else taken from the rows."""
+
+    def __init__(self, folder: Path, *, extra_columns: tuple[str, ...] = (), part_rows: int = 10_000):
+        import pyarrow.parquet as pq
+
+        self.folder, self.extra, self.part_rows = folder, extra_columns, max(1, part_rows)
+        self.multi_label: bool | None = None
+        self.done, self.errors_before = set(), 0
+        self.schema = None
+        self.pending: list[Prediction] = []
+        self.written = 0  # parts written by this run
+        folder.mkdir(parents=True, exist_ok=True)
+        for part in sorted(folder.glob(PART_GLOB)):
+            table = pq.read_table(part, columns=["path", "error"])
+            self.done.update(table.column("path").to_pylist())
+            self.errors_before += table.column("error").drop_null().length()
+            if self.schema is None:
+                self.schema = pq.read_schema(part)
+        self._next = len(list(folder.glob(PART_GLOB)))
+
+    def _schema(self, rows: list[dict]):
+        if self.schema is None:
+            multi = self.multi_label if self.multi_label is not None else any("labels" in r for r in rows)
+            self.schema = parquet_schema(multi, tuple(c for c in self.extra if c in EXTRA_TYPES))
+        return self.schema
+
+    def write_part(self, index: int, preds: list[Prediction]) -> Path:
+        """Write ``preds`` as the part of input partition ``index`` (atomically)."""
+        name, k = f"part-{index:05d}.parquet", 0
+        while (self.folder / name).exists():
+            k += 1
+            name = f"part-{index:05d}-{k}.parquet"
+        rows = [p.to_dict() for p in preds]
+        with atomic_path(self.folder / name) as tmp:
+            write_parquet(rows, tmp, self._schema(rows))
+        self.written += 1
+        return self.folder / name
+
+    def write(self, preds: list[Prediction]) -> None:
+        self.pending.extend(preds)
+        while len(self.pending) >= self.part_rows:
+            self._flush(self.part_rows)
+
+    def _flush(self, n: int) -> None:
+        chunk, self.pending = self.pending[:n], self.pending[n:]
+        if chunk:
+            self.write_part(self._next, chunk)
+            self._next += 1
+
+    def close(self) -> None:
+        self._flush(len(self.pending))
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
@@ -262,6 +365,8 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
         return json.loads(path.read_text(encoding="utf-8"))
     import pyarrow.parquet as pq
 
+    if path.is_dir():  # a folder of parts: one dataset, parts in name order
+        return [row for part in sorted(path.glob(PART_GLOB)) for row in pq.read_table(part).to_pylist()]
     return pq.read_table(path).to_pylist()
 
 
