@@ -43,9 +43,11 @@ def has_option(text: str, opt: str) -> bool:
 def test_the_table_covers_every_verb():
     from imclass.cli import app
     from imclass.cli.data import data_app
+    from imclass.cli.index import index_app
 
     verbs = {c.name or c.callback.__name__ for c in app.registered_commands}
     verbs |= {f"data {c.name or c.callback.__name__}" for c in data_app.registered_commands}
+    verbs |= {f"index {c.name or c.callback.__name__}" for c in index_app.registered_commands}
     assert set(grammar_table()) == verbs
 
 

@@ -80,7 +80,7 @@ def test_convert_state_dict_fails_loudly_on_tensor_count_mismatch(change):
     else:
         del src["_fc.bias"]
         expected = "4 tensors"
-    with pytest.raises(ValueError, match=f"default weights have {expected}, {default.ARCH} expects 5"):
+    with pytest.raises(ValueError, match=f"embedded weights have {expected}, {default.ARCH} expects 5"):
         default.convert_state_dict(src, target)
 
 

@@ -207,6 +207,15 @@ def test_request_limits_and_malformed_bodies(tmp_path):
     ("get", "/api/v1/projects/{pid}/images?limit=5000", None), ("get", "/api/v1/projects/{pid}/images?status=x", None),
     ("get", "/api/v1/projects/abc", None),
     ("post", "/api/v1/projects/{pid}/labels/bulk", {"ids": [999], "label": "cat"}),
+    ("get", "/api/v1/projects/999/imports", None), ("get", "/api/v1/projects/{pid}/imports?limit=-1", None),
+    ("get", "/api/v1/projects/999/counts", None), ("get", "/api/v1/projects/{pid}/images?after=999", None),
+    ("get", "/api/v1/projects/{pid}/images?after=-3", None),
+    ("post", "/api/v1/projects/{pid}/not-duplicates", {"images": [1]}),
+    ("post", "/api/v1/projects/{pid}/not-duplicates", {"images": [1, 2, 3]}),
+    ("post", "/api/v1/projects/{pid}/not-duplicates", {"images": [998, 999]}),
+    ("post", "/api/v1/projects/{pid}/not-duplicates", {"images": ["a", "b"]}),
+    ("post", "/api/v1/projects/999/not-duplicates", {"images": [1, 2]}),
+    ("get", "/api/v1/projects/999/assist", None),
 ])
 def test_unknown_ids_and_bad_values_are_4xx(client, method, path, body):
     pid = new_project(client)
@@ -246,6 +255,158 @@ def test_folder_import_runs_in_the_background_and_in_place(client, tmp_path):
 
     ds = imclass.load_dataset(out)
     assert sorted(ds.classes) == ["cat", "coffee"] and len(ds) == 3
+
+
+def test_imports_are_listed_with_their_counts(client, tmp_path):
+    pid = new_project(client)
+    first = upload(client, pid, [("cat.jpg", photo_bytes("cat.jpg"), "image/jpeg"),
+                                 ("notes.jpg", b"not a photo\n" * 20, "image/jpeg"),
+                                 ("empty.png", b"", "image/png")]).json()
+    assert first["rejected_count"] == 2 and len(first["rejected"]) == 2 and first["kind"] == "upload"
+    folder = tmp_path / "more"
+    for i in range(3):
+        make_image(folder / f"{i}.png", color=(40 * i, 90, 200))
+    second = client.post(f"/api/v1/projects/{pid}/imports", json={"path": str(folder)}).json()
+    assert second["status"] == "done" and second["rejected_count"] == 0 and second["source"] == str(folder)
+    listed = client.get(f"/api/v1/projects/{pid}/imports").json()
+    assert [i["id"] for i in listed] == [second["id"], first["id"]]  # newest first
+    assert [(i["status"], i["added"], i["duplicates"], i["rejected_count"]) for i in listed] == \
+        [("done", 3, 0, 0), ("done", 1, 0, 2)]
+    assert all("rejected" not in i and i["created"] <= (i["finished"] or 0) for i in listed)
+    assert client.get(f"/api/v1/projects/{pid}/imports", params={"limit": 1}).json()[0]["id"] == second["id"]
+    assert client.get(f"/api/v1/projects/{pid}/imports/{first['id']}").json()["rejected_count"] == 2
+    other = new_project(client, name="other")
+    assert client.get(f"/api/v1/projects/{other}/imports").json() == []
+    assert client.get("/api/v1/projects/999/imports").status_code == 404
+    assert client.get(f"/api/v1/projects/{pid}/imports", params={"limit": 0}).status_code == 422
+
+
+def _images(client, tmp_path, pid: int, n: int) -> list[dict]:
+    """``n`` distinct images imported from a folder, in import (id) order."""
+    folder = tmp_path / f"imgs-{pid}"
+    for i in range(n):
+        make_image(folder / f"img{i:02d}.png", color=(10 + 9 * i, 200 - 7 * i, 60 + 5 * i))
+    assert client.post(f"/api/v1/projects/{pid}/imports", json={"path": str(folder)}).json()["added"] == n
+    return client.get(f"/api/v1/projects/{pid}/images", params={"limit": 100}).json()["items"]
+
+
+def _suggest(client, pid: int, margins: dict[int, float], source: str = "probe") -> None:
+    db = client.app.state.studio.db
+    with db.tx() as con:
+        for iid, m in margins.items():
+            con.execute("INSERT OR REPLACE INTO suggestions (image_id, project_id, label, score, margin, source, "
+                        "topk, model) VALUES (?, ?, 'cat', 0.6, ?, ?, ?, 1)",
+                        (iid, pid, m, source, json.dumps([["cat", 0.6], ["coffee", 0.4]])))
+
+
+def _flag(client, pid: int, iid: int, kind: str, rank: float, other: int | None = None) -> None:
+    with client.app.state.studio.db.tx() as con:
+        con.execute("INSERT INTO flags (image_id, project_id, kind, detail, rank, other) VALUES (?, ?, ?, 'x', ?, ?)",
+                    (iid, pid, kind, rank, other))
+
+
+def test_counts_of_every_list(client, tmp_path):
+    pid = new_project(client)
+    ids = [it["id"] for it in _images(client, tmp_path, pid, 8)]
+    assert client.get(f"/api/v1/projects/{pid}/counts").json() == {
+        "all": 8, "labelled": 0, "unlabelled": 8, "uncertain": 8, "errors": 0, "duplicates": 0,
+        "classes": [{"name": "cat", "labelled": 0, "suggested": 0}, {"name": "coffee", "labelled": 0, "suggested": 0}]}
+    client.post(f"/api/v1/projects/{pid}/labels/bulk", json={"ids": ids[:3], "label": "cat"})
+    client.put(f"/api/v1/projects/{pid}/images/{ids[3]}/labels", json={"labels": ["coffee"]})
+    _suggest(client, pid, {ids[0]: 0.5, ids[5]: 0.1, ids[6]: 0.2})  # suggested cat: 2 of them unlabelled
+    _flag(client, pid, ids[0], "label_issue", 1.0)
+    _flag(client, pid, ids[1], "duplicate", 2.0, other=ids[2])
+    _flag(client, pid, ids[1], "outlier", 3.0)
+    c = client.get(f"/api/v1/projects/{pid}/counts").json()
+    assert c == {"all": 8, "labelled": 4, "unlabelled": 4, "uncertain": 4, "errors": 2, "duplicates": 1,
+                 "classes": [{"name": "cat", "labelled": 3, "suggested": 2},
+                             {"name": "coffee", "labelled": 1, "suggested": 0}]}
+    for q, n in (({"status": "unlabelled"}, 4), ({"queue": "errors"}, 2), ({"queue": "duplicates"}, 1),
+                 ({"label": "cat"}, 3), ({"suggested": "cat", "status": "unlabelled"}, 2)):
+        assert client.get(f"/api/v1/projects/{pid}/images", params=q).json()["total"] == n, q  # the lists agree
+    # the label view's queue menu and the grid's filters show them
+    html = client.get(f"/projects/{pid}/label").text
+    assert ">Unlabelled (4)</option>" in html and ">Likely label errors (2)</option>" in html
+    assert ">Labelled cat (3)</option>" in html and ">Duplicates (1)</option>" in html
+    grid = client.get(f"/projects/{pid}/grid").text
+    assert 'data-qcount="errors">2</span>' in grid and ">cat (3)</option>" in grid and ">labelled (4)</option>" in grid
+    assert client.get("/api/v1/projects/999/counts").status_code == 404
+
+
+def test_image_fields_say_whose_guesses_they_are(client, tmp_path):
+    pid = new_project(client)
+    a, b, c = (it["id"] for it in _images(client, tmp_path, pid, 3))
+    _suggest(client, pid, {a: 0.2})
+    _suggest(client, pid, {b: 0.3}, source="imagenet")
+    img = client.get(f"/api/v1/projects/{pid}/images/{a}").json()
+    assert img["probe_scores"] == [["cat", 0.6], ["coffee", 0.4]] and img["imagenet_guesses"] == []
+    assert img["suggestion"]["source"] == "probe" and img["hints"] == img["probe_scores"]  # kept, deprecated
+    img = client.get(f"/api/v1/projects/{pid}/images/{b}").json()
+    assert img["imagenet_guesses"] == [["cat", 0.6], ["coffee", 0.4]] and img["probe_scores"] == []
+    img = client.get(f"/api/v1/projects/{pid}/images/{c}").json()
+    assert img["imagenet_guesses"] == img["probe_scores"] == img["hints"] == [] and img["suggestion"] is None
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["ImageOut"]["properties"]
+    assert schema["hints"].get("deprecated") is True and "ImageNet" in schema["imagenet_guesses"]["description"]
+
+
+def test_a_cursor_pages_on_right_while_the_list_changes(client, tmp_path):
+    pid = new_project(client)
+    ids = [it["id"] for it in _images(client, tmp_path, pid, 10)]
+
+    def page(**q) -> list[int]:
+        r = client.get(f"/api/v1/projects/{pid}/images", params={"limit": 3, **q})
+        assert r.status_code == 200, r.text
+        return [it["id"] for it in r.json()["items"]]
+
+    first = page(status="unlabelled")
+    assert first == ids[:3]
+    # meanwhile images are labelled in another tab: held ones, and the next ones
+    client.post(f"/api/v1/projects/{pid}/labels/bulk", json={"ids": [ids[1], ids[3], ids[4]], "label": "cat"})
+    assert page(status="unlabelled", after=first[-1]) == [ids[5], ids[6], ids[7]]  # nothing skipped
+    assert page(status="unlabelled", offset=len(first)) == [ids[6], ids[7], ids[8]]  # an offset skips one
+    assert page(status="unlabelled", after=ids[4]) == [ids[5], ids[6], ids[7]]  # a cursor that left the list
+    assert page(status="unlabelled", after=ids[9]) == []
+    total = client.get(f"/api/v1/projects/{pid}/images", params={"status": "unlabelled", "after": ids[5]}).json()
+    assert total["total"] == 7 and len(total["items"]) == 4  # total: the whole list
+    # by name
+    by_name = page(order="name", limit=10)
+    assert page(order="name", after=by_name[2]) == by_name[3:6]
+    # most uncertain first; images without a suggestion last
+    _suggest(client, pid, {ids[0]: 0.4, ids[2]: 0.1, ids[5]: 0.1, ids[6]: 0.9})
+    order = page(status="unlabelled", order="uncertain", limit=10)
+    assert order[:4] == [ids[2], ids[5], ids[0], ids[6]] and order[4:] == [ids[7], ids[8], ids[9]]
+    assert page(status="unlabelled", order="uncertain", after=ids[5]) == [ids[0], ids[6], ids[7]]
+    assert page(status="unlabelled", order="uncertain", after=ids[6]) == [ids[7], ids[8], ids[9]]
+    # a review queue: by flag rank; a cursor on an image no longer flagged starts again
+    _flag(client, pid, ids[8], "label_issue", 1.5)
+    _flag(client, pid, ids[3], "conflict", 0.2)
+    _flag(client, pid, ids[6], "outlier", 3.0)
+    assert page(queue="errors", limit=10) == [ids[3], ids[8], ids[6]]
+    assert page(queue="errors", after=ids[3]) == [ids[8], ids[6]]
+    assert page(queue="errors", after=ids[0]) == [ids[3], ids[8], ids[6]]
+    assert client.get(f"/api/v1/projects/{pid}/images", params={"after": 999_999}).status_code == 404
+    for bad in ({"after": 0}, {"after": "x"}, {"after": 2**70}):
+        assert client.get(f"/api/v1/projects/{pid}/images", params=bad).status_code == 422, bad
+    other = new_project(client, name="other")
+    assert client.get(f"/api/v1/projects/{other}/images", params={"after": ids[0]}).status_code == 404
+
+
+def test_studio_command_takes_the_assistance_settings(monkeypatch, capsys, tmp_path):
+    import imclass.studio.server as server
+    from imclass.cli import main
+
+    seen = []
+    monkeypatch.setattr(server, "run_studio", lambda settings, **kw: seen.append(settings) or True)
+    assert main(["studio", "--data-dir", str(tmp_path), "--retrain-every", "5", "--min-per-class", "2"]) == 0
+    assert (seen[0].retrain_every, seen[0].min_per_class) == (5, 2)
+    assert main(["studio", "--data-dir", str(tmp_path)]) == 0
+    assert (seen[1].retrain_every, seen[1].min_per_class) == (StudioSettings.retrain_every,
+                                                              StudioSettings.min_per_class)
+    capsys.readouterr()
+    for flag in ("--retrain-every", "--min-per-class"):
+        assert main(["studio", "--data-dir", str(tmp_path), flag, "0"]) == 1
+        assert f"{flag} must be >= 1" in capsys.readouterr().err
+    assert len(seen) == 2
 
 
 # ---- keys and cross-site requests ------------------------------------------------------------------------

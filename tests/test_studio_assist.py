@@ -301,6 +301,46 @@ def test_step_stops_at_once_when_asked(env, tmp_path):
     assert loop.step(env.stop) is False
 
 
+def test_the_worker_heartbeat_says_whether_suggestions_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(worker, "HEARTBEAT_SECONDS", 0.1)
+    colour_images(tmp_path / "photos", 3, seed=11)
+    settings = StudioSettings(data_dir=tmp_path / "studio", worker="thread")
+    with TestClient(create_app(settings)) as c:
+        pid = c.post("/api/v1/projects", json={"name": "c", "classes": ["red", "green", "blue"]}).json()["id"]
+        c.post(f"/api/v1/projects/{pid}/imports", json={"path": str(tmp_path / "photos")})
+        deadline = time.monotonic() + 120
+        seen = set()
+        while True:
+            st = c.get(f"/api/v1/projects/{pid}/assist").json()
+            seen.add(st["worker"]["doing"])
+            if st["pending"] == {"embed": 0, "suggest": 0} and st["worker"]["embedded"] >= 9:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.05)
+        w = st["worker"]
+        assert w["running"] is True and w["problem"] is None and w["heartbeat_age_s"] < 5
+        assert seen - {None} <= {"idle", "embedding", "suggesting"} and w["embedded"] >= 9
+        beat = json.loads((settings.data_dir / worker.HEARTBEAT_FILE).read_text())
+        assert beat["pid"] == os.getpid()
+    # stopped with the studio: its heartbeat goes with it
+    assert not (settings.data_dir / worker.HEARTBEAT_FILE).exists()
+    assert worker.status(settings.data_dir)["running"] is False
+
+    class Dead:
+        def alive(self) -> bool:
+            return False
+
+    path = settings.data_dir / worker.HEARTBEAT_FILE
+    path.write_text(json.dumps({"pid": 1, "at": time.time(), "doing": "embedding"}))
+    assert worker.status(settings.data_dir)["running"] is True  # a worker of another process
+    assert "has stopped" in worker.status(settings.data_dir, Dead())["problem"]
+    path.write_text(json.dumps({"pid": 1, "at": time.time() - 3600, "doing": "embedding"}))
+    st = worker.status(settings.data_dir)
+    assert st["running"] is False and "no sign of the background worker for 3600 s" in st["problem"]
+    path.write_text("{not json")
+    assert worker.status(settings.data_dir)["running"] is False
+
+
 # ---- the endpoint -------------------------------------------------------------------------------------------
 
 def test_assist_endpoint_and_retrain_request(tmp_path):
@@ -311,9 +351,11 @@ def test_assist_endpoint_and_retrain_request(tmp_path):
         r = c.post(f"/api/v1/projects/{pid}/imports", json={"path": str(tmp_path / "photos")})
         assert r.json()["added"] == 15
         st = c.get(f"/api/v1/projects/{pid}/assist").json()
+        w = st.pop("worker")
         assert st == {"mode": "imagenet", "labelled": 0, "needed_per_class": 3,
                       "classes_short": ["red", "green", "blue"], "probe": None,
                       "pending": {"embed": 15, "suggest": 15}, "labels_until_retrain": 9}
+        assert w["running"] is False and "without a background worker" in w["problem"] and w["doing"] is None
         env = Env(tmp_path, retrain_every=10, min_per_class=3)  # the worker's side, on the same data folder
         env.drain(pid)
         assert c.get(f"/api/v1/projects/{pid}/assist").json()["pending"] == {"embed": 0, "suggest": 0}
@@ -373,12 +415,31 @@ def test_suggestions_get_better_as_labels_arrive(datasets, tmp_path):
     probes = env.probes(pid)
     assert len(probes) == 2 and probes[1]["labels"] == 35
     a2 = accuracy(env, pid, truth)
+    # a plain logistic regression (scikit-learn's defaults) on the same cached embeddings, same labels
+    r1, r2 = (reference_accuracy(env, pid, truth, first_per_class(truth, k)) for k in (3, 7))
     print(f"flowers5: accuracy on unlabelled photos {a1:.3f} (15 labels) -> {a2:.3f} (35 labels); "
-          f"out-of-fold estimate {probes[1]['accuracy']}")
-    assert a1 > 0.25  # better than chance (0.2) already
-    assert a2 > a1 + 0.03
+          f"out-of-fold estimate {probes[1]['accuracy']}; plain logistic regression {r1:.3f} -> {r2:.3f}")
+    # the probe is no weaker than that (per-dimension standardisation made it 0.405 -> 0.461 here)
+    assert a1 >= r1 - 0.05 and a2 >= r2 - 0.05
+    assert a1 > 0.45 and a2 > 0.5  # chance: 0.2; these 128 px photos are blurred, 100 labels per class reach ~0.72
+    assert a2 > a1
     assert probes[1]["accuracy"] is not None and 0.2 < probes[1]["accuracy"] <= 1.0
     assert env.uncertain(pid) != [n for n in order1 if n in env.uncertain(pid)]
+
+
+def reference_accuracy(env: Env, pid: int, truth: dict[str, str], labelled: dict[str, list[str]]) -> float:
+    """Accuracy on the other images of scikit-learn's LogisticRegression (defaults, no scaling) fitted on the
+    cached embeddings of ``labelled``: what a probe should at least match."""
+    from sklearn.linear_model import LogisticRegression
+
+    rows = sorted(env.images(pid).values(), key=lambda r: r["id"])
+    paths = {r["id"]: r["path"] for r in env.db.all("SELECT id, path FROM images WHERE project_id = ?", (pid,))}
+    x, errors = assist.vectors([paths[r["id"]] for r in rows], [r["sha256"] for r in rows])
+    assert not any(errors)
+    fit = np.array([r["name"] in labelled for r in rows])
+    y = np.array([truth[r["name"]] for r in rows])
+    lr = LogisticRegression(max_iter=3000).fit(x[fit], y[fit])
+    return float((lr.predict(x[~fit]) == y[~fit]).mean())
 
 
 def _near_copy(src: Path, dest: Path) -> None:
@@ -439,6 +500,58 @@ def test_review_queues_flag_a_planted_wrong_label_and_duplicate(datasets, tmp_pa
     conflict = env.flags(pid)[("rose/conflict.jpg", "conflict")]
     assert "labelled daisy there and rose here" in conflict["detail"]
     assert conflict["rank"] < issue["rank"]
+
+
+@pytest.mark.realdata
+def test_not_a_duplicate_mark_takes_the_pair_out_for_good(datasets, tmp_path):
+    env = Env(tmp_path, retrain_every=24, min_per_class=3)
+    root = tmp_path / "photos"
+    classes = ("daisy", "rose", "sunflower")
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for f in sorted((datasets / "flowers5" / "all" / c).glob("*.jpg"))[40:48]:
+            shutil.copyfile(f, root / c / f.name)
+    original = sorted((root / "sunflower").glob("*.jpg"))[0]
+    _near_copy(original, root / "sunflower" / "near-copy.jpg")
+    pid = env.project(classes)
+    env.add(pid, root)  # 25 labelled images: the checks run after the first probe
+    env.drain(pid)
+    ids = {n: r["id"] for n, r in env.images(pid).items()}
+    copy, orig = ids["sunflower/near-copy.jpg"], ids[f"sunflower/{original.name}"]
+    flags = env.flags(pid)
+    assert flags[("sunflower/near-copy.jpg", "duplicate")]["other"] == orig
+    assert flags[(f"sunflower/{original.name}", "duplicate")]["other"] == copy
+    checks = lambda: env.db.scalar("SELECT COUNT(*) FROM jobs WHERE project_id = ? AND kind = 'audit' AND "  # noqa: E731
+                                   "status = 'done'", (pid,))
+    before = checks()
+    with TestClient(create_app(env.settings)) as c:  # the person's side, on the same data folder
+        shown = c.get(f"/api/v1/projects/{pid}/images/{copy}").json()["flags"]
+        assert {"kind": "duplicate", "other": orig} in [{k: f[k] for k in ("kind", "other")} for f in shown]
+        r = c.post(f"/api/v1/projects/{pid}/not-duplicates", json={"images": [copy, orig]})
+        assert r.status_code == 200, r.text
+        assert r.json()["flags_removed"] == 2 and r.json()["images"] == [copy, orig]
+        marks = Path(r.json()["marks"])
+        assert marks == env.settings.data_dir / "marks" / f"project-{pid}.not-duplicates.csv"
+        from imclass.data.marks import read_marks
+
+        shas = {n: r["sha256"] for n, r in env.images(pid).items()}
+        assert read_marks(assist.marks_source(env.settings, pid)) == {
+            frozenset((shas["sunflower/near-copy.jpg"], shas[f"sunflower/{original.name}"]))}
+        assert c.get(f"/api/v1/projects/{pid}/images", params={"queue": "duplicates"}).json()["total"] == 0
+        assert c.post(f"/api/v1/projects/{pid}/not-duplicates", json={"images": [copy, copy]}).status_code == 422
+        # marking again is harmless (one row per pair, one queued re-check)
+        again = c.post(f"/api/v1/projects/{pid}/not-duplicates", json={"images": [orig, copy]}).json()
+        assert again["flags_removed"] == 0 and again["recheck"] == r.json()["recheck"]
+        assert len(marks.read_text().splitlines()) == 2
+    env.drain(pid)  # the checks run again (asked by the mark) ...
+    assert checks() == before + 1
+    assert ("sunflower/near-copy.jpg", "duplicate") not in env.flags(pid)
+    job = env.db.one("SELECT status FROM jobs WHERE id = ?", (r.json()["recheck"],))
+    assert job["status"] == "done"
+    assist.request_retrain(env.db, pid)  # ... and after the next retrain: the pair never comes back
+    env.drain(pid)
+    assert checks() == before + 2 and len(env.probes(pid)) == 2
+    assert not [k for k in env.flags(pid) if k[1] in ("duplicate", "conflict")]
 
 
 # ---- the worker process -------------------------------------------------------------------------------------

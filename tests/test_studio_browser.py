@@ -551,6 +551,8 @@ def test_accept_a_suggestion_with_one_key(assisted, page, screens):
         time.sleep(0.5)
     shown = open_label(page, s, pid, "?queue=uncertain")
     page.locator("#suggestion-box").wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#assist').dataset.worker === 'running'")
+    assert page.locator("#assist-paused").is_hidden()  # the worker runs: nothing is paused
     label = page.inner_text("#suggestion-label")
     assert label in classes
     screens(page, "17-label-suggestion")
@@ -599,6 +601,57 @@ def big_project(studio, n: int) -> int:
         con.executemany("INSERT INTO images (project_id, sha256, name, path, stored, width, height, bytes, split, "
                         "added) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     return pid
+
+
+def test_label_view_pages_on_with_a_cursor_shows_counts_and_marks_not_duplicates(studio, page, screens):
+    """The queue changes under the open label view (another client labels images it holds and images it has not
+    read yet): the next page it reads starts right after the last image it read, skipping none. The queue menu
+    shows each queue's size, refreshed after a label. "Not a duplicate" on a flagged pair takes both out of
+    the duplicates queue and keeps the mark for the checks. Without a worker, suggestions say they are paused."""
+    pid = big_project(studio, 130)
+    ids = [it["id"] for it in api(studio, f"/projects/{pid}/images?limit=200")["items"]]
+    db = studio.app.state.studio.db
+    with db.tx() as con:  # what the checks would have found: a pair of near-duplicates
+        con.executemany("INSERT INTO flags (image_id, project_id, kind, detail, rank, other) "
+                        "VALUES (?, ?, 'duplicate', ?, ?, ?)",
+                        [(ids[120], pid, "near-duplicate of img_000121", 2.0, ids[121]),
+                         (ids[121], pid, "near-duplicate of img_000120", 2.1, ids[120])])
+    first = open_label(page, studio, pid)
+    assert first == str(ids[0])
+    assert page.locator("#queue option[value=unlabelled]").inner_text() == "Unlabelled (130)"
+    assert page.locator("#queue option[value=duplicates]").inner_text() == "Duplicates (2)"
+    page.locator("#assist-paused").wait_for(state="visible")  # worker="none": nothing suggests
+    assert page.inner_text("#assist-paused") == "Suggestions paused: the studio runs without a background worker."
+    assert page.evaluate("window.studioLabel.items.length") == 50
+    # another client labels 4 held images and the 10 after the first page
+    api(studio, f"/projects/{pid}/labels/bulk", "POST", json={"ids": ids[1:5] + ids[50:60], "label": "a"})
+    page.keyboard.press("1")  # and this page labels the first
+    shown_id(page, first)
+    for _ in range(47):  # walk to the end of what the page holds: it reads the next page
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function("window.studioLabel.items.length > 50")
+    after = page.evaluate("window.studioLabel.items.slice(50, 55).map(it => it.id)")
+    assert after == ids[60:65], (after, ids[60:65])  # an offset would have skipped 61..64
+    page.wait_for_function("document.querySelector('#queue option[value=unlabelled]').textContent === "
+                           "'Unlabelled (115)'")
+    # not a duplicate, from the duplicates queue
+    open_label(page, studio, pid, "?queue=duplicates")
+    assert page.evaluate("document.body.dataset.shown") == str(ids[120])
+    assert "near-duplicate of img_000121" in page.inner_text("#flags")
+    screens(page, "19-label-duplicate")
+    page.click("#flags button.not-duplicate")
+    page.wait_for_function("document.querySelector('#save-state').textContent.startsWith('Marked: not a duplicate')")
+    assert page.locator("#flags-box").is_hidden()
+    assert api(studio, f"/projects/{pid}/images/{ids[120]}")["flags"] == []
+    assert api(studio, f"/projects/{pid}/images/{ids[121]}")["flags"] == []
+    page.wait_for_function("document.querySelector('#queue option[value=duplicates]').textContent === "
+                           "'Duplicates (0)'")
+    from imclass.data.marks import read_marks
+    from imclass.studio import assist
+
+    shas = {r["id"]: r["sha256"] for r in db.all("SELECT id, sha256 FROM images WHERE project_id = ?", (pid,))}
+    assert read_marks(assist.marks_source(studio.app.state.studio.settings, pid)) == {
+        frozenset((shas[ids[120]], shas[ids[121]]))}
 
 
 def test_grid_of_50000_images_paints_fast(studio, page, screens):

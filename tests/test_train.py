@@ -233,7 +233,8 @@ def test_cli_train_then_predict(blobs, tmp_path):
 @pytest.mark.realdata
 def test_unknown_rejection_on_held_back_classes(datasets):
     """Train on five of the six steel-defect classes, in turn; images of the held-back class mostly come
-    out 'unknown' while accuracy on the known classes does not drop."""
+    out 'unknown' while accuracy on the known classes does not drop (max-softmax alone: 64.5% on average,
+    scratches 6%)."""
     import imclass
     from imclass.data import load_dataset
 
@@ -251,8 +252,8 @@ def test_unknown_rejection_on_held_back_classes(datasets):
               f"{val['accuracy']:.3f} -> {val['accuracy_accepted']:.3f} on {val['coverage']:.0%} accepted")
         assert val["accuracy_accepted"] >= val["accuracy"] - 0.02
         assert val["coverage"] >= 0.8
-    assert np.mean(list(rejected.values())) >= 0.6
-    assert sum(r >= 0.5 for r in rejected.values()) >= 4
+    assert np.mean(list(rejected.values())) >= 0.8
+    assert min(rejected.values()) >= 0.4
 
 
 def test_calibration_helpers_recover_known_structure():

@@ -120,6 +120,10 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "distributed":  # scale-out (imclass.distributed.predict, .embed, DDP), imported on first use
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
     raise AttributeError(f"module 'imclass' has no attribute {name!r}")
 
 

@@ -32,7 +32,6 @@ _LAZY = {
     "compare": ".evaluation", "evaluate": ".evaluation", "explain": ".evaluation",
     "LabelSummary": ".labelling", "label_library": ".labelling",
     "TrainConfig": ".training.config", "TrainResult": ".training.config", "find_lr": ".training.api",
-    "train": ".training.api",
     "Classifier": ".classifier", "Prediction": ".prediction", "Preprocess": ".preprocess",
     "ExportResult": ".export.bundle",
     "Index": ".index",
@@ -64,7 +63,7 @@ if TYPE_CHECKING:
     from .labelling import LabelSummary, label_library
     from .prediction import Prediction
     from .preprocess import Preprocess
-    from .training.api import find_lr, train
+    from .training.api import find_lr
     from .training.config import TrainConfig, TrainResult
 
 __all__ = [
@@ -116,18 +115,26 @@ __all__ = [
 ]
 
 
-def load(name: str | os.PathLike = "default", *, device: str = "auto", threads: int | None = None,
-         backend: str = "auto", streams: int | None = None) -> Classifier:
-    """Load a classifier: ``default`` (embedded ImageNet model), a bundle folder, ``hf:<id>``, a timm name
-    (the grammar: :func:`models`).
+def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | None = None,
+         templates: Sequence[str] | None = None, unknown_threshold: float | None = None, device: str = "auto",
+         threads: int | None = None, backend: str = "auto", streams: int | None = None) -> Classifier:
+    """Load a classifier: ``default`` (embedded ImageNet model), ``lite1``/``lite2`` (larger embedded ones), a
+    bundle folder, ``hf:<id>``, a timm name (the grammar: :func:`models`).
 
+    ``classes``: labels you name, without training (zero-shot): a CLIP-style ``hf:`` model scores each image
+    against text prompts for each name (``templates``, e.g. ``["a photo of a {}."]``; default: a small
+    ensemble). ``unknown_threshold``: a top score below it is ``unknown`` instead of the model's own rule (0:
+    never; zero-shot models have none unless given).
     ``backend``: ``auto`` (ONNX Runtime on CPU, torch on CUDA), ``torch``, ``onnx`` or ``onnx-int8``.
     ``threads``: CPU threads for the model; ``streams``: batches inferred at once, each with
     ``threads // streams`` threads (default: 2 for ONNX Runtime on CPU, else 1; 1 is best for latency).
+
+    >>> clf = imclass.load("hf:openai/clip-vit-base-patch32", classes=["receipt", "selfie", "screenshot"])
     """
     from .classifier import Classifier
 
-    return Classifier.load(name, device=device, threads=threads, backend=backend, streams=streams)
+    return Classifier.load(name, device=device, threads=threads, backend=backend, streams=streams, classes=classes,
+                           templates=templates, unknown_threshold=unknown_threshold)
 
 
 def models() -> list[dict[str, str]]:
@@ -181,6 +188,47 @@ def embed(images: Sequence[Any], *, model: Any = "default", shas: Sequence[str |
 
     embedder = Embedder(model, device=device, threads=threads)
     return embedder.embed(list(images), None if shas is None else list(shas), workers=workers, progress=progress)
+
+
+def train(data: Any, out: str | os.PathLike | None = None, *, config: Any = None, resume: bool = False,
+          progress=None, on_epoch=None, track: str | None = None, track_uri: str | None = None, **options: Any):
+    """Train a classifier on ``data`` (a :class:`~imclass.data.Dataset`, class folders or a CSV); returns
+    ``(Classifier, TrainResult)`` and writes the run folder ``out``. Options are the fields of :class:`TrainConfig`
+    (``mode``, ``backbone``, ``epochs``, ``devices``...); see :func:`imclass.training.api.train`.
+
+    ``devices=N`` (finetune, scratch) trains on N processes with PyTorch DDP, and a process started by
+    ``torchrun`` trains as its share of the run (:mod:`imclass.distributed.ddp`); the result is the same
+    bundle, from process 0 (the others return ``(None, TrainResult)``).
+
+    ``track="mlflow"`` (store: ``track_uri``, else ``$MLFLOW_TRACKING_URI``, else ``./mlruns``) or
+    ``"tensorboard"`` (``<out>/tensorboard/``) logs the parameters, per-epoch metrics, the validation confusion
+    matrix and the bundle (extra ``imclass[track]``); ``result.metrics["tracking"]`` says where.
+
+    >>> clf, result = imclass.train("flowers/", out="runs/flowers")
+    >>> result.metrics["val"]["accuracy"]
+    """
+    from .training.api import train as train_one
+    from .training.config import TrainConfig
+
+    if config is not None and options:
+        raise ImclassError("pass either config= or keyword options, not both")
+    cfg = config or TrainConfig(**options)
+    if cfg.devices > 1 or _under_torchrun():
+        if track not in (None, "none"):
+            raise ParameterError("track", "is not available for data-parallel runs yet ({devices} > 1)")
+        from .distributed.ddp import train as train_parallel
+
+        return train_parallel(data, out, config=cfg, resume=resume, progress=progress, on_epoch=on_epoch)
+    return train_one(data, out, config=cfg, resume=resume, progress=progress, on_epoch=on_epoch, track=track,
+                     track_uri=track_uri)
+
+
+def _under_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1 and a ``RANK``)."""
+    try:
+        return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
 
 
 def update_bundle(path: str | os.PathLike, *, unknown_threshold: Any = "keep", label_thresholds: Any = "keep"):

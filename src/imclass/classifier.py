@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,10 @@ from PIL import Image
 from .engine.backends import TorchBackend, resolve_device
 from .engine.pipeline import map_arrays, run_batches
 from .engine.sources import iter_image_paths
-from .errors import ImclassError
+from .errors import ImclassError, ParameterError
 from .images import source_name
 from .models.spec import ModelSpec
-from .prediction import Prediction, decide, probabilities
+from .prediction import Prediction, decide, known_scores, probabilities, split_outputs
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 log = logging.getLogger("imclass")
@@ -49,8 +49,15 @@ class Classifier:
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def load(cls, name: str | os.PathLike = "default", device: str = "auto",
-             threads: int | None = None, backend: str = "auto", streams: int | None = None) -> Classifier:
+             threads: int | None = None, backend: str = "auto", streams: int | None = None, *,
+             classes: Sequence[str] | str | None = None, templates: Sequence[str] | None = None,
+             unknown_threshold: float | None = None) -> Classifier:
         """Load a model by name: ``default``, a bundle directory, ``hf:<id>``, a timm name, ...
+
+        ``classes``: label with these names instead, by text prompts (``templates``, default
+        :data:`~imclass.models.zero_shot.DEFAULT_TEMPLATES`): zero-shot, with a CLIP-style ``hf:`` model.
+        ``unknown_threshold``: a top score (or, for a model with a known-class score, that score) below it is
+        ``unknown``, instead of the model's own rule (0: never; zero-shot models have no threshold unless given).
 
         ``backend``: ``auto`` (ONNX Runtime on CPU, exported and cached on first use; torch on CUDA),
         ``torch``, ``onnx`` or ``onnx-int8`` (needs a bundle made by ``imclass export --int8``).
@@ -58,8 +65,13 @@ class Classifier:
         once when predicting many images, each with ``threads // streams`` threads (default: 2 for ONNX
         Runtime on CPU, else 1; 1 gives single calls all threads, best for latency).
         """
-        from .models.registry import resolve
+        from .models.registry import resolve, resolve_zero_shot
 
+        if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
+            raise ParameterError("unknown_threshold", "must be between 0 and 1 (0: never 'unknown')")
+        if classes is not None:
+            model, spec = resolve_zero_shot(name, classes, templates, unknown_threshold or None)
+            return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams)
         if backend in ("auto", "onnx", "onnx-int8") and resolve_device(device) == "cpu":
             int8 = backend == "onnx-int8"
             fast = _fast_onnx_start(name, int8=int8)
@@ -69,9 +81,15 @@ class Classifier:
                 clf._model_loader = loader
                 if not int8:  # an INT8 file is always taken from the bundle's manifest (spec.bundle_dir)
                     clf._onnx_path = onnx_path
-                return clf
+                return clf._with_unknown(unknown_threshold)
         model, spec = resolve(name)
-        return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams)
+        return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams
+                   )._with_unknown(unknown_threshold)
+
+    def _with_unknown(self, threshold: float | None) -> Classifier:
+        if threshold is not None:
+            self.spec.unknown_threshold = threshold or None
+        return self
 
     @property
     def model(self):
@@ -138,9 +156,10 @@ class Classifier:
                 "`imclass export MODEL --int8 --calibration IMAGES` and use the exported bundle")
         else:
             from .engine.onnx_cache import cached_onnx, remember_default
+            from .models.default import embedded
 
             path = cached_onnx(self.model, self.spec)
-            if self.spec.source == "default":
+            if embedded(self.spec.source) is not None:  # default, lite1, lite2: start without torch next time
                 remember_default(self.spec, path)
         streams = self.streams or default_streams(resolve_device(self.device), self.threads)
         return OnnxBackend(path, self.spec.preprocess, threads=self.threads, streams=streams)
@@ -155,8 +174,19 @@ class Classifier:
         return self.spec.preprocess.load(item)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """``uint8`` NHWC batch -> raw logits."""
-        return self.backend(batch)
+        """``uint8`` NHWC batch -> raw class logits."""
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``uint8`` NHWC batch -> ``(logits, known_score)``; ``known_score`` is None for models without an
+        open-set score (:mod:`imclass.models.open_set`)."""
+        return split_outputs(self.backend(batch), self.spec)
+
+    def decide_batch(self, batch: np.ndarray, names: list[str], top_k: int = 5,
+                     reject_unknown: bool = True) -> list[Prediction]:
+        """A decoded ``uint8`` batch -> its :class:`Prediction` rows (the one step every labeller shares)."""
+        logits, known = self.outputs(batch)
+        return decide(probabilities(logits, self.spec), names, self.spec, top_k, reject_unknown, known)
 
     def predict_iter(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
                      batch_size: int | None = None, workers: int | None = None,
@@ -177,8 +207,7 @@ class Classifier:
         yield from run_batches(
             items,
             decode=self.decode,
-            infer=lambda batch, names: decide(
-                probabilities(self.logits(batch), self.spec), names, self.spec, top_k, reject_unknown),
+            infer=lambda batch, names: self.decide_batch(batch, names, top_k, reject_unknown),
             name_of=source_name,
             batch_size=batch_size,
             workers=workers,
@@ -214,6 +243,33 @@ class Classifier:
                                    on_batch=None if progress is None else tick)
         return (probs, errors) if return_errors else probs
 
+    def predict_scores(self, images: Iterable[Any], *, batch_size: int | None = None,
+                       workers: int | None = None, progress: Callable[[int, int], None] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
+        """``(probabilities, known_scores, errors)``: as :meth:`predict_proba`, plus what ``unknown`` is
+        decided on (the open-set score, else the top probability; None for multi-label models without one)."""
+        items = list(_expand(images))
+        done = 0
+        width = self.spec.num_classes + 1
+
+        def tick(_ok: list[int], _rows: np.ndarray, size: int) -> None:
+            nonlocal done
+            done += size
+            progress(done, len(items))
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            logits, known = self.outputs(batch)
+            p = probabilities(logits, self.spec)
+            k = known_scores(p, known, self.spec)
+            return np.concatenate([p, (np.full(len(p), np.nan) if k is None else k)[:, None]], axis=1)
+
+        rows, errors = map_arrays(items, run, decode=self.decode, width=width, batch_size=batch_size,
+                                  workers=workers, infer_workers=self.backend.streams,
+                                  on_batch=None if progress is None else tick)
+        known = rows[:, -1]
+        none = self.spec.task == "multi_label" and not self.spec.open_set
+        return rows[:, :-1], (None if none else known), errors
+
 
 def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):
     """``(spec, onnx path, torch loader)`` when ``name`` can run from an existing ONNX export, else None."""
@@ -226,7 +282,8 @@ def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):
         return None
     spec, path = found
     name = os.fspath(name)
-    loader = (lambda: default.build()[0]) if name in default.NAMES else (lambda: load_bundle(name)[0])
+    folder = spec.bundle_dir or name  # mlflow:<run id>: the downloaded bundle
+    loader = (lambda: default.build(name)[0]) if default.embedded(name) else (lambda: load_bundle(folder)[0])
     return spec, path, loader
 
 

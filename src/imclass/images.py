@@ -110,6 +110,17 @@ def source_name(src: ImageSource) -> str:
     return getattr(src, "name", "<stream>")
 
 
+def open_error(path: str | os.PathLike) -> str | None:
+    """Why the loader cannot open the file ``path`` (its error reason: ``broken symlink``, ``permission denied``,
+    ...), or None when it can. For readers that fetch bytes themselves and must report a failure exactly as
+    :func:`load_image` would for the path."""
+    try:
+        _open_source(path, os.fspath(path)).close()
+    except ImageLoadError as e:
+        return e.reason
+    return None
+
+
 def _open_source(src: ImageSource, name: str) -> BinaryIO:
     if isinstance(src, bytes):
         if not src:

@@ -53,29 +53,55 @@ def calibrated(logits: np.ndarray, temperature: float | None, multi_label: bool)
     return sigmoid(z) if multi_label else softmax(z)
 
 
+def split_outputs(raw: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """A network's output -> ``(logits, known_score)``: models with an open-set score
+    (:mod:`imclass.models.open_set`) carry it as their last column; others have none (None)."""
+    raw = np.asarray(raw)
+    if spec.open_set and raw.ndim == 2 and raw.shape[1] == spec.num_classes + 1:
+        return raw[:, :-1], raw[:, -1].astype(np.float64)
+    return raw, None
+
+
+def known_scores(probs: np.ndarray, known: np.ndarray | None, spec: ModelSpec) -> np.ndarray | None:
+    """What ``unknown_threshold`` is compared with: the open-set score, or (single-label models without one)
+    the top calibrated probability; None for multi-label models without one."""
+    if known is not None:
+        return known
+    if spec.task == "multi_label" or probs.shape[0] == 0:
+        return None if spec.task == "multi_label" else np.zeros(0)
+    return probs.max(axis=1)
+
+
 def probabilities(logits: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Calibrated probabilities of a model: its temperature and task."""
     return calibrated(logits, spec.temperature, spec.task == "multi_label")
 
 
 def decide(probs: np.ndarray, paths: list[str], spec: ModelSpec, top_k: int,
-           reject_unknown: bool = True) -> list[Prediction]:
-    """Turn a probability matrix into :class:`Prediction` rows."""
+           reject_unknown: bool = True, known: np.ndarray | None = None) -> list[Prediction]:
+    """Turn a probability matrix (and the open-set ``known`` scores, when the model has them) into
+    :class:`Prediction` rows. Rows carry ``known_score`` in ``extra`` when the model can say ``unknown``."""
     k = max(1, min(top_k, probs.shape[1]))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     out = []
     labels = spec.labels
+    ks = known_scores(probs, known, spec)
+    threshold = spec.unknown_threshold
+    carry = ks is not None and (known is not None or threshold is not None)
     for i, path in enumerate(paths):
         row = probs[i]
         top = [(labels[j], float(row[j])) for j in order[i]]
+        rejected = reject_unknown and threshold is not None and ks is not None and ks[i] < threshold
         if spec.task == "multi_label":
             thr = np.asarray(spec.label_thresholds or [0.5] * len(labels))
             chosen = [labels[j] for j in np.argsort(-row, kind="stable") if row[j] >= thr[j]]
             score = float(max((row[labels.index(c)] for c in chosen), default=top[0][1]))
-            out.append(Prediction(path, ";".join(chosen), score, top, labels=chosen))
+            pred = (Prediction(path, UNKNOWN_LABEL, score, top, labels=[]) if rejected
+                    else Prediction(path, ";".join(chosen), score, top, labels=chosen))
         else:
             label, score = top[0]
-            if reject_unknown and spec.unknown_threshold is not None and score < spec.unknown_threshold:
-                label = UNKNOWN_LABEL
-            out.append(Prediction(path, label, score, top))
+            pred = Prediction(path, UNKNOWN_LABEL if rejected else label, score, top)
+        if carry:
+            pred.extra["known_score"] = round(float(ks[i]), 6)
+        out.append(pred)
     return out

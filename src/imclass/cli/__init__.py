@@ -36,6 +36,7 @@ def _register_verbs() -> None:
     studio.register(app)
     models.register(app)
     data.register(app)
+    from . import index; index.register(app)  # noqa: E702, I001 (similar, index build|duplicates|map)
 
 
 _register_verbs()

@@ -17,19 +17,24 @@ import typer
 from .options import (
     EXIT_OK,
     EXIT_PARTIAL,
+    Actors,
     BackboneAlias,
     DataArg,
+    GpusPerActor,
     ImagesDir,
     JsonFileAlias,
     JsonFlag,
     ModelOpt,
     Quiet,
+    RayAddress,
+    RayFlag,
     ReportAlias,
     command,
     deprecated,
     err,
     out,
     prefer,
+    ray_options,
 )
 from .progress import StageProgress
 
@@ -76,6 +81,10 @@ def audit(
     workers: Workers = 2,
     as_json: JsonFlag = False,
     quiet: Quiet = False,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
+    actors: Actors = None,
+    gpus_per_actor: GpusPerActor = 0.0,
     report: ReportAlias = None,
     json_file: JsonFileAlias = None,
     backbone: BackboneAlias = None,
@@ -97,8 +106,11 @@ def audit(
         else:
             deprecated("--json FILE", "--out FILE.json (or --json to print)")
             files["json_path"] = Path(json_file)
+    scale_out = ray_options(ray, ray_address, actors, gpus_per_actor)
     with _stages(quiet or as_json) as stages:
         ds = _load(data, images_dir, multi_label, skip_bad_rows, stages)
+        if scale_out is not None and embeddings:  # embeddings on Ray, into the cache the audit reads
+            _embed_on_ray(ds, model or "default", stages, scale_out)
         res = run_audit(ds, embeddings=embeddings, backbone=model or "default", label_check=label_check,
                         workers=workers, progress=stages, **files)
     if as_json:
@@ -110,6 +122,20 @@ def audit(
     counts = res.counts()
     found = sum(v for k, v in counts.items() if k != "exact_duplicate_extra_files")
     return EXIT_PARTIAL if res.unreadable or (strict and found) else EXIT_OK
+
+
+def _embed_on_ray(ds, model: str, stages, scale_out: dict) -> None:
+    from ..distributed.embeddings import embed
+
+    table, done = ds.table, 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        stages("embed (Ray)", done, len(table))
+
+    embed(table["path"].tolist(), [v if isinstance(v, str) else None for v in table["sha256"]], model=model,
+          progress=tick, **scale_out)
 
 
 def _print_audit(res, ds) -> None:

@@ -15,6 +15,8 @@ from .options import (
     EXIT_PARTIAL,
     Backend,
     BatchSize,
+    ClassesFileOpt,
+    ClassesOpt,
     Device,
     ImagesDir,
     JsonFileAlias,
@@ -32,6 +34,7 @@ from .options import (
     looks_like_model,
     out,
     prefer,
+    zero_shot_classes,
 )
 from .progress import StageProgress
 
@@ -84,6 +87,8 @@ def outputs(target: Path | None) -> dict[str, Path | None]:
 def evaluate(
     data: Annotated[str, typer.Argument(help="Class folders, split folders or a labels CSV.", show_default=False)],
     model: ModelOpt = None,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
     out_path: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="A folder (report.html + metrics.json + predictions.csv), or one file: "
                             ".json (metrics), .csv (per-image rows), .html (the report).")] = None,
@@ -95,6 +100,9 @@ def evaluate(
         "--unknown-threshold", min=0.0, max=1.0,
         help="Reject top scores below this as 'unknown' (default: the model's own; 0: never).")] = None,
     cam: Annotated[str, typer.Option("--cam", help="CAM method for the report's top losses.")] = "gradcam",
+    open_set: Annotated[Optional[Path], typer.Option(
+        "--open-set", help="A folder of images of classes the model never saw: how well it calls them "
+                           "'unknown' (AUROC, share rejected, known-class coverage).")] = None,
     device: Device = "auto",
     backend: Backend = "auto",
     batch_size: BatchSize = None,
@@ -109,7 +117,8 @@ def evaluate(
 
     The headline accuracy is on the images the model accepted; coverage (the share accepted) and the accuracy
     on all images are printed beside it. An ImageNet model is scored on datasets whose classes are ImageNet
-    labels or WordNet ids (folders such as n01440764).
+    labels or WordNet ids (folders such as n01440764). With --classes (a CLIP-style --model hf:<id>), the
+    zero-shot labels are measured: name them as the dataset's classes.
     """
     from ..api import evaluate as run
 
@@ -125,9 +134,15 @@ def evaluate(
         files["json_path"] = Path(json_file)
     if predictions is not None:
         files["predictions"] = predictions
+    names = zero_shot_classes(classes, classes_file)
+    chosen = model or "default"
+    if names is not None:
+        from ..api import load
+
+        chosen = load(chosen, classes=names, device=device, backend=backend)
     with StageProgress(err, quiet or as_json) as progress:
-        res = run(model or "default", data, split=split, images_dir=images_dir, device=device, backend=backend,
-                  batch_size=batch_size, workers=workers, cam_method=cam,
+        res = run(chosen, data, split=split, images_dir=images_dir, device=device, backend=backend,
+                  batch_size=batch_size, workers=workers, cam_method=cam, open_set=open_set,
                   unknown_threshold="model" if unknown is None else unknown or None,
                   on_progress=lambda done, total: progress("Evaluating", done, total), **files)
     if as_json:
@@ -152,7 +167,7 @@ def print_metrics(res) -> None:
         head.add_row(k, fmt(v))
     out.print(head)
     rej = m.get("rejection")
-    if rej:
+    if rej and "rejected" in rej:
         out.print(f"accuracy {fmt(m.get('accuracy'))} is on the {rej['coverage']:.1%} of images the model accepted "
                   f"({rej['rejected']} labelled 'unknown'); on all {m.get('n_evaluated')} images it is "
                   f"{fmt(rej['accuracy_without_rejection'])} (--unknown-threshold 0 accepts every image)",
@@ -166,6 +181,18 @@ def print_metrics(res) -> None:
         for name, r in per.items():
             t.add_row(escape(name), fmt(r["precision"]), fmt(r["recall"]), fmt(r["f1"]), str(r["support"]))
         out.print(t)
+    if rej and "no_label" in rej:
+        out.print(f"{rej['unknown']} images labelled 'unknown' (unlike every label), {rej['no_label']} with no label "
+                  f"above its threshold", highlight=False)
+    opened = m.get("open_set")
+    if opened:
+        line = (f"Open set: {opened['unseen_images']} images of unseen classes against {opened['known_images']} "
+                f"known-class images: AUROC {fmt(opened['auroc'])}")
+        if "unseen_rejected" in opened:
+            lo, hi = opened["known_coverage_interval"] or (None, None)
+            line += (f"; {fmt(opened['unseen_rejected'])} of the unseen called 'unknown', "
+                     f"{fmt(opened['known_coverage'])} of the known accepted (90%: {fmt(lo)}-{fmt(hi)})")
+        out.print(line, highlight=False)
     confused = m.get("most_confused") or []
     if confused:
         top = ", ".join(f"{escape(p['true'])} → {escape(p['predicted'])} ({p['count']})" for p in confused[:5])

@@ -8,7 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import EXIT_OK, JsonFlag, ModelOpt, command, err, out, prefer
+from .options import (
+    EXIT_OK,
+    ClassesFileOpt,
+    ClassesOpt,
+    JsonFlag,
+    ModelOpt,
+    command,
+    err,
+    out,
+    prefer,
+    zero_shot_classes,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,6 +29,8 @@ def register(app: typer.Typer) -> None:
 
 def export(
     model: ModelOpt = None,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Bundle folder to write "
                                                                         "(default: <model>-onnx).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
@@ -33,6 +46,7 @@ def export(
 
     The parity (top-1 agreement, largest probability difference) is measured on held-out --calibration
     photos and recorded in the bundle; `imclass predict --model OUT --backend onnx-int8` runs the INT8 file.
+    With --classes, a CLIP-style --model hf:<id> is exported as the zero-shot classifier of those names.
     """
     from ..api import export as export_model
 
@@ -40,7 +54,13 @@ def export(
         model = prefer(model, model_arg, "the positional MODEL", "--model MODEL")
     if fmt != "onnx":
         raise typer.BadParameter(f"unsupported format {fmt!r}; only 'onnx' is available", param_hint="--format")
-    res = export_model(model or "default", out_dir, int8=int8, calibration=calibration, force=force)
+    names = zero_shot_classes(classes, classes_file)
+    chosen = model or "default"
+    if names is not None:
+        from ..api import load
+
+        chosen = load(chosen, classes=names, device="cpu", backend="torch")
+    res = export_model(chosen, out_dir, int8=int8, calibration=calibration, force=force)
     if as_json:
         out.print_json(json.dumps({"path": str(res.path), "files": res.files, "parity": res.parity,
                                    "passed": res.passed, "warnings": res.warnings,

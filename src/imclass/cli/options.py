@@ -25,7 +25,7 @@ EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-MODEL_HELP = "default | bundle dir | hf:<id> | timm name (see `imclass models`)"
+MODEL_HELP = "default | lite1 | lite2 | bundle dir | hf:<id> | mlflow:<run id> | timm name (see `imclass models`)"
 
 # ---- option types ---------------------------------------------------------------------------------------
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=f"Model: {MODEL_HELP}. Default: default.",
@@ -37,10 +37,55 @@ Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:
 Backend = Annotated[str, typer.Option("--backend", help="auto | torch | onnx | onnx-int8")]
 BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", "-b", min=1, help="Images per model call (default: 16, shared by the streams).")]
+# ---- scale-out (imclass[ray]; docs/scale-out.md) ------------------------------------------------------------
+RayFlag = Annotated[bool, typer.Option(
+    "--ray", help="Run on Ray: a local instance, or the cluster of --ray-address / $RAY_ADDRESS (needs imclass[ray]).")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="With --ray: the cluster to join (auto | HOST:PORT | ray://HOST:PORT); default: "
+                          "$RAY_ADDRESS, else a local instance.", show_default=False)]
+Actors = Annotated[Optional[int], typer.Option(
+    "--actors", min=1, help="With --ray: model replicas (default: one per CPU core, or GPUs / --gpus-per-actor).")]
+GpusPerActor = Annotated[float, typer.Option(
+    "--gpus-per-actor", min=0.0, help="With --ray: GPUs per actor (0: CPU actors; 0.5: two actors share a GPU).")]
+
+
+def ray_options(ray: bool, address: str | None, actors: int | None, gpus_per_actor: float) -> dict[str, Any] | None:
+    """The keyword arguments of the ``imclass.distributed`` functions for the Ray flags, or None without ``--ray``."""
+    if not ray:
+        given = [f for f, v in (("--ray-address", address), ("--actors", actors), ("--gpus-per-actor", gpus_per_actor))
+                 if v]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} only apply with --ray")
+        return None
+    return {"address": address, "actors": actors, "gpus_per_actor": gpus_per_actor}
+
+
 ImagesDir = Annotated[Optional[Path], typer.Option("--images-dir", help="Folder a CSV's filenames are relative to.")]
 DataArg = Annotated[Path, typer.Argument(
     help="Class folders (root/<class>/*), split folders (root/{train,val,test}/<class>/*) or a CSV/TSV "
          "of filename,label[,split].", show_default=False)]
+
+# ---- zero-shot: labels you name (a CLIP-style hf: model) -----------------------------------------------------
+ClassesOpt = Annotated[Optional[str], typer.Option(
+    "--classes", help="Zero-shot: label with these names (comma-separated), by text prompts; needs a CLIP-style "
+                      "--model hf:<id or folder>.", show_default=False)]
+ClassesFileOpt = Annotated[Optional[Path], typer.Option(
+    "--classes-file", help="Zero-shot: the class names, one per line.", show_default=False)]
+
+
+def zero_shot_classes(classes: str | None, classes_file: Path | None) -> list[str] | None:
+    """The names of ``--classes`` or ``--classes-file`` (blank lines and ``#`` comments skipped); None without."""
+    if classes is not None and classes_file is not None:
+        raise typer.BadParameter("give --classes or --classes-file, not both", param_hint="--classes")
+    if classes_file is not None:
+        try:
+            lines = classes_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise typer.BadParameter(f"cannot read {classes_file}: {e.__class__.__name__}",
+                                     param_hint="--classes-file") from None
+        return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    return None if classes is None else classes.split(",")
+
 
 # ---- deprecated spellings (hidden; they print one warning line and keep working for one release) ----------
 OutputAlias = Annotated[Optional[Path], typer.Option("--output", hidden=True)]
@@ -54,7 +99,7 @@ JSON_FILE_VERBS = {("evaluate",), ("compare",), ("data", "audit")}
 #: How API parameter names read on the command line where they differ from ``--name-with-dashes``.
 FLAGS = {"backbone": "--model", "model": "--model", "models": "--model", "output": "--out", "out": "--out",
          "report": "--out", "json_path": "--out", "images": "IMAGES", "sources": "SOURCES", "data": "DATA",
-         "calibration": "--calibration"}
+         "calibration": "--calibration", "address": "--ray-address"}
 
 
 def flag(param: str) -> str:
@@ -86,7 +131,7 @@ def looks_like_model(name: str) -> bool:
     from ..models import default
     from ..models.bundle import is_bundle
 
-    if name in default.NAMES or name.startswith("hf:") or is_bundle(name):
+    if name in default.EMBEDDED_NAMES or name.startswith(("hf:", "mlflow:")) or is_bundle(name):
         return True
     if os.path.exists(name):
         return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,18 +13,26 @@ import typer
 from .options import (
     EXIT_OK,
     EXIT_PARTIAL,
+    Actors,
     Backend,
     BatchSize,
+    ClassesFileOpt,
+    ClassesOpt,
     Device,
+    GpusPerActor,
     JsonFlag,
     ModelOpt,
     OutputAlias,
     Quiet,
+    RayAddress,
+    RayFlag,
     Workers,
     command,
     err,
     out,
     prefer,
+    ray_options,
+    zero_shot_classes,
 )
 
 
@@ -35,6 +44,8 @@ def predict(
     sources: Annotated[list[Path], typer.Argument(help="Image files or folders (walked recursively).",
                                                   show_default=False)],
     model: ModelOpt = None,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
     out_file: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="File to write: .csv .jsonl .json .parquet (the extension picks the format).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image in the output.")] = 5,
@@ -45,6 +56,9 @@ def predict(
     copy: Annotated[bool, typer.Option("--copy", help="With --sort-into: copy (the default).")] = False,
     no_unknown: Annotated[bool, typer.Option(
         "--no-unknown", help="Always give the top class, even when the model's 'unknown' threshold says no.")] = False,
+    unknown_threshold: Annotated[Optional[float], typer.Option(
+        "--unknown-threshold", min=0.0, max=1.0, help="Call top scores below this 'unknown' (default: the model's "
+                                                      "own rule; zero-shot: never; 0: never).")] = None,
     ids: Annotated[bool, typer.Option(
         "--ids", help="Also write class_index (the label's index in the model) and wnid (its WordNet id, for "
                       "ImageNet models).")] = False,
@@ -58,6 +72,11 @@ def predict(
         "(default: 2 for ONNX Runtime on CPU, else 1).")] = None,
     as_json: JsonFlag = False,
     quiet: Quiet = False,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
+    actors: Actors = None,
+    gpus_per_actor: GpusPerActor = 0.0,
+    part_rows: Annotated[int, typer.Option("--part-rows", min=1, hidden=True)] = 10_000,
     output: OutputAlias = None,
 ) -> int:
     """Classify every image in SOURCES with the embedded ImageNet model or any --model.
@@ -65,15 +84,27 @@ def predict(
     Without --out the results are printed on stdout (one line per image; JSON lines with --json); with
     --out they are written to the file, flushed after every batch, and --resume continues an interrupted run.
     --backend auto runs ONNX Runtime on CPU (the model is exported and cached on first use) and PyTorch on CUDA.
+
+    --classes A,B,C labels with names you choose, without training (zero-shot: a CLIP-style --model hf:<id or
+    folder> compares each image with text prompts for each name).
+
+    --ray labels on a Ray cluster (a local instance without --ray-address): the same output, one model per actor;
+    --threads, --streams, --batch-size and --workers then apply inside each actor.
     """
     from ..api import label_library
 
     out_file = prefer(out_file, output, "--output", "--out")
+    scale_out = ray_options(ray, ray_address, actors, gpus_per_actor)
+    if scale_out is not None:  # --part-rows (hidden): images per Parquet part, for tests and tuning
+        scale_out["part_rows"] = part_rows
+        from ..distributed.label import predict as label_library  # the same callbacks, on Ray
     if link and copy:
         raise typer.BadParameter("--link and --copy are mutually exclusive")
     if (link or copy) and sort_into is None:
         raise typer.BadParameter("--link/--copy only make sense with --sort-into DIR")
     show_rows = out_file is None or as_json
+    chosen, load_seconds = _model(sources, model, zero_shot_classes(classes, classes_file), unknown_threshold,
+                                  scale_out, device=device, backend=backend, threads=threads, streams=streams)
     bar = None if quiet else LabelBar()
 
     def on_batch(preds) -> None:
@@ -84,18 +115,39 @@ def predict(
 
     try:
         summary = label_library(
-            [str(s) for s in sources], model=model or "default", device=device, backend=backend, threads=threads,
+            [str(s) for s in sources], model=chosen, device=device, backend=backend, threads=threads,
             streams=streams, output=out_file, top_k=top_k, batch_size=batch_size,
             workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
             sort_mode="link" if link else "copy", reject_unknown=not no_unknown, ids=ids,
             on_start=None if bar is None else bar.start,
-            on_total=None if bar is None else bar.total, on_batch=on_batch)
+            on_total=None if bar is None else bar.total, on_batch=on_batch, **(scale_out or {}))
     finally:
         if bar is not None:
             bar.stop()
+    summary.load_seconds += load_seconds
     if not quiet:
         _print_summary(summary)
     return EXIT_PARTIAL if summary.errors else EXIT_OK
+
+
+def _model(sources: list[Path], model: str | None, classes: list[str] | None, unknown_threshold: float | None,
+           scale_out, **load_options):
+    """``(model name or loaded Classifier, seconds spent loading)``: --classes and --unknown-threshold load it here
+    (once SOURCES are known to exist)."""
+    if classes is None and unknown_threshold is None:
+        return model or "default", 0.0
+    if scale_out is not None:
+        raise typer.BadParameter("--classes and --unknown-threshold do not work with --ray yet", param_hint="--ray")
+    from ..api import ImclassError, load
+    from ..engine.sources import validate_sources
+
+    missing = validate_sources([str(s) for s in sources])
+    if missing:
+        raise ImclassError(f"no such file or folder: {', '.join(missing[:5])}")  # as label_library says it
+
+    t0 = time.perf_counter()
+    clf = load(model or "default", classes=classes, unknown_threshold=unknown_threshold, **load_options)
+    return clf, time.perf_counter() - t0
 
 
 class LabelBar:
@@ -171,6 +223,13 @@ def _print_summary(s) -> None:
     if s.skipped:
         msg += f"; {s.skipped} already done (resumed)"
     err.print(msg, highlight=False)
+    if hasattr(s, "startup_seconds"):  # --ray
+        steady = f", then {s.steady_images_per_second:.1f} img/s" if s.steady_images else ""
+        err.print(f"Ray: {s.plan} on {'a local instance' if s.cluster == 'local' else s.cluster}, started in "
+                  f"{s.startup_seconds:.1f}s; first results after {s.warmup_seconds:.1f}s (actors loading the model)"
+                  f"{steady}" + (f"; {s.parts} Parquet parts written" if s.parts else ""), highlight=False)
+        if s.driver_labelled:
+            err.print(f"[yellow]{s.driver_labelled} images Ray did not return were labelled here[/yellow]")
     if top:
         err.print(f"Most common: {top}", highlight=False)
     if s.errors:

@@ -10,14 +10,31 @@ from typing import Annotated, Optional
 import typer
 
 from ..training.config import AUGMENTS, MODES
-from .options import EXIT_OK, BackboneAlias, JsonFlag, ModelOpt, Quiet, Workers, command, err, prefer
+from .options import (
+    EXIT_OK,
+    Actors,
+    BackboneAlias,
+    GpusPerActor,
+    JsonFlag,
+    ModelOpt,
+    Quiet,
+    RayAddress,
+    RayFlag,
+    Workers,
+    check_choice,
+    command,
+    err,
+    prefer,
+    ray_options,
+)
 from .progress import StageProgress
 
 
 def register(app: typer.Typer) -> None:
     command(app, example="imclass train photos/ --out runs/photos   |   "
                          "imclass train labels.csv --multi-label --out runs/tags   |   "
-                         "imclass train photos/ --mode finetune --epochs 10 --out runs/ft")(train)
+                         "imclass train photos/ --mode finetune --epochs 10 --out runs/ft   |   "
+                         "imclass train photos/ --mode finetune --devices 2 --out runs/ddp")(train)
 
 
 def train(
@@ -37,7 +54,11 @@ def train(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held out when DATA has no val split.")] = 0.2,
     balance: Annotated[str, typer.Option("--balance", help="auto | on | off (class-weighted loss)")] = "auto",
     unknown_coverage: Annotated[float, typer.Option(
-        "--unknown-coverage", help="Share of validation images accepted; others below it become 'unknown'.")] = 0.95,
+        "--unknown-coverage", help="Share of known-class images to accept; the rest, and images unlike every "
+                                   "class, become 'unknown'.")] = 0.95,
+    unknown_score: Annotated[str, typer.Option(
+        "--unknown-score", help="auto (a known-class score chosen by measurement) | probability (the top "
+                                "confidence, as earlier releases).")] = "auto",
     no_unknown: Annotated[bool, typer.Option("--no-unknown", help="No 'unknown' threshold.")] = False,
     patience: Annotated[int, typer.Option("--patience", min=1, help="Early stopping (epochs).")] = 4,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
@@ -46,8 +67,21 @@ def train(
     workers: Workers = None,
     loader_workers: Annotated[Optional[int], typer.Option(
         "--loader-workers", min=0, help="Data-loader processes for fine-tuning (default: up to 4).")] = None,
+    devices: Annotated[int, typer.Option(
+        "--devices", min=1, help="Fine-tuning processes, data parallel (DDP: gloo on CPU, NCCL on GPUs); --batch-size "
+                                 "stays the global batch. Under torchrun, torchrun starts the processes.")] = 1,
+    track: Annotated[str, typer.Option(
+        "--track", help="Log the run: none | mlflow (params, per-epoch metrics, confusion matrix, the bundle) | "
+                        "tensorboard (<out>/tensorboard/). Needs the extra: pip install 'imclass\\[track]'.")] = "none",
+    track_uri: Annotated[Optional[str], typer.Option(
+        "--track-uri", help="With --track mlflow: the tracking store (default: $MLFLOW_TRACKING_URI, else ./mlruns); "
+                            "with tensorboard: the event folder.", show_default=False)] = None,
     as_json: JsonFlag = False,
     quiet: Quiet = False,
+    ray: RayFlag = False,
+    ray_address: RayAddress = None,
+    actors: Actors = None,
+    gpus_per_actor: GpusPerActor = 0.0,
     backbone: BackboneAlias = None,
 ) -> int:
     """Train a classifier on your labelled images.
@@ -56,28 +90,78 @@ def train(
     backbone): seconds once the embeddings are cached. finetune trains the whole network (augmentation,
     early stopping, checkpoints, --resume); scratch trains a small VGG-style CNN. The run folder is a model
     bundle: `imclass predict --model RUN` uses it.
+
+    --devices N fine-tunes on N processes (torchrun -m imclass train ... across machines); --ray computes the
+    probe's embeddings on a Ray cluster (into the embedding cache) first.
     """
     from ..api import TrainConfig
     from ..api import train as train_fn
 
     model = prefer(model, backbone, "--backbone", "--model")
+    check_choice(track, ("none", "mlflow", "tensorboard"), "--track")
     cfg = TrainConfig(mode=mode, backbone=model or "default", epochs=epochs, augment=augment, image_size=image_size,
                       batch_size=batch_size, lr=lr, seed=seed, multi_label=multi_label,
                       val_fraction=val_fraction, balance=balance,
-                      unknown_coverage=None if no_unknown else unknown_coverage,
-                      patience=patience, device=device, workers=workers, loader_workers=loader_workers)
+                      unknown_coverage=None if no_unknown else unknown_coverage, unknown_score=unknown_score,
+                      patience=patience, device=device, workers=workers, loader_workers=loader_workers,
+                      devices=devices)
+    scale_out = ray_options(ray, ray_address, actors, gpus_per_actor)
+    if scale_out is not None and mode != "probe":
+        raise typer.BadParameter("--ray computes the probe's embeddings; fine-tuning scales with --devices",
+                                 param_hint="--ray")
+    follower = _follower_process()
+    quiet = quiet or follower
     if find_lr:
         return _find_lr(data, cfg, out, err, quiet)
     if out is None:
         raise typer.BadParameter("--out RUN_FOLDER is required (where the model bundle is written)", param_hint="--out")
+    source: object = str(data)
+    if scale_out is not None:
+        source = _embed_on_ray(source, cfg, quiet, scale_out)
     with StageProgress(err, quiet, width=28) as progress:
-        _, result = train_fn(str(data), out, config=cfg, resume=resume, progress=progress,
-                             on_epoch=lambda rec: progress.print(_epoch_line(rec)))
+        _, result = train_fn(source, out, config=cfg, resume=resume, progress=progress,
+                             on_epoch=lambda rec: progress.print(_epoch_line(rec)), track=track, track_uri=track_uri)
+    if follower:  # a process of a torchrun run other than the first: process 0 reports and writes
+        return EXIT_OK
     if as_json:
         sys.stdout.write(json.dumps(result.metrics, indent=2, default=str) + "\n")
     elif not quiet:
         _print_result(err, result)
     return EXIT_OK
+
+
+def _follower_process() -> bool:
+    """Whether this is a process of a ``torchrun`` run other than rank 0 (it trains, and says nothing)."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+    except ValueError:
+        return False
+
+
+def _embed_on_ray(data: str, cfg, quiet: bool, scale_out: dict):
+    """The dataset, its embeddings computed on Ray into the cache (the probe then finds them all there)."""
+    from ..api import load_dataset
+    from ..distributed.embeddings import embed
+
+    ds = load_dataset(data, multi_label=cfg.multi_label)
+    table = ds.table
+    with StageProgress(err, quiet, width=28) as progress:
+        done = 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            progress("embedding on Ray", done, len(table))
+
+        s = embed(table["path"].tolist(), [v if isinstance(v, str) else None for v in table["sha256"]],
+                  model=cfg.backbone, device=cfg.device, workers=cfg.workers, progress=tick, **scale_out)
+    if not quiet:
+        err.print(f"Ray: {s.computed} embeddings computed ({s.plan or 'here'}), {s.cached} already cached, "
+                  f"{len(s.errors)} unreadable, in {s.seconds:.1f}s (Ray start-up {s.startup_seconds:.1f}s)",
+                  highlight=False)
+    return ds
 
 
 def _epoch_line(rec: dict) -> str:
@@ -107,12 +191,29 @@ def _print_result(err, result) -> None:
     cal = m.get("calibration")
     if cal:
         err.print(f"Calibration: temperature {cal['temperature']}, ECE {cal['ece_before']} -> {cal['ece_after']}")
-    if "unknown" in m:
-        u = m["unknown"]
+    u = m.get("unknown")
+    if u and u.get("score") == "top probability":
         err.print(f"Unknown: images whose top confidence is below {u['threshold']} are labelled 'unknown' "
                   f"(keeps {u['target_coverage']:.0%} of validation images; --no-unknown to switch off)")
+    elif u:
+        if u.get("threshold") is None:
+            err.print(f"Unknown: {u.get('note', 'no threshold')}", highlight=False)
+        else:
+            lo, hi = u["coverage_interval"]
+            err.print(f"Unknown: known_score ({u['score']}, chosen by leaving each class out) below {u['threshold']} "
+                      f"is 'unknown': keeps {u['expected_coverage']:.1%} of known-class images on average "
+                      f"(90% of the time between {lo:.1%} and {hi:.1%}; calibrated on "
+                      f"{sum(u['calibrated_on'].values())} held-out images). --no-unknown to switch off.",
+                      highlight=False)
     for note in result.notes:
         err.print(f"- {note}", highlight=False)
+    tracked = m.get("tracking") or {}
+    if tracked.get("kind") == "mlflow":
+        err.print(f"Tracked: MLflow run {tracked['run_id']} in {tracked['uri']}  ->  imclass compare DATA "
+                  f"-m mlflow:{tracked['run_id']}", highlight=False)
+    elif tracked.get("kind") == "tensorboard":
+        err.print(f"Tracked: TensorBoard events in {tracked['logdir']}  ->  tensorboard --logdir {tracked['logdir']}",
+                  highlight=False)
     err.print(f"Trained in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s). "
               f"Model: {result.out}  ->  imclass predict FOLDER --model {result.out}", highlight=False)
 

@@ -45,7 +45,7 @@ def fingerprint(model, spec: ModelSpec) -> str:
     return h.hexdigest()
 
 
-def cached_onnx(model, spec: ModelSpec, *, features: bool = False) -> Path:
+def cached_onnx(model, spec: ModelSpec, *, features: bool = False, tag: str = "") -> Path:
     """Path of a verified fp32 ONNX export of ``model``, exporting it on first use.
 
     ``features=True``: ``model`` returns embeddings (a feature module), checked on its raw outputs
@@ -53,7 +53,8 @@ def cached_onnx(model, spec: ModelSpec, *, features: bool = False) -> Path:
     """
     from .onnx_export import export_onnx
 
-    stem = ("features-" if features else "") + re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model_id)
+    stem = ("features-" if features else "") + (f"{tag}-" if tag else "")
+    stem += re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model_id)
     path = cache_dir() / "onnx" / f"{stem}-{fingerprint(model, spec)[:20]}.onnx"
     if path.is_file():
         return path
@@ -68,52 +69,67 @@ def cached_onnx(model, spec: ModelSpec, *, features: bool = False) -> Path:
     return path
 
 
-def _default_index() -> Path:
+def _default_index(name: str = "default") -> Path:
     from ..models import default
 
-    st = os.stat(default.weights_path())
+    m = default.embedded(name) or default.DEFAULT
+    weights = default.weights_path(m.names[0])
+    st = os.stat(weights)
     versions = library_versions()
-    key = hashlib.sha256(json.dumps([st.st_size, st.st_mtime_ns, default.weights_path(), versions.get("imclass"),
+    key = hashlib.sha256(json.dumps([st.st_size, st.st_mtime_ns, weights, versions.get("imclass"),
                                      versions.get("timm"), versions.get("torch"), OPSET]).encode()).hexdigest()
-    return cache_dir() / "onnx" / f"default-{key[:20]}.json"
+    return cache_dir() / "onnx" / f"{m.names[0]}-{key[:20]}.json"
 
 
 def remember_default(spec: ModelSpec, onnx_path: Path) -> None:
-    """Record the default model's verified export so that later runs start without torch."""
+    """Record an embedded model's verified export (``spec.source`` names it) so that later runs start without
+    torch."""
     from ..models.bundle import spec_to_manifest
 
-    atomic_write_text(_default_index(), json.dumps({"onnx": str(onnx_path), "manifest": spec_to_manifest(spec)}))
+    atomic_write_text(_default_index(spec.source or "default"),
+                      json.dumps({"onnx": str(onnx_path), "manifest": spec_to_manifest(spec)}))
 
 
-def recall_default() -> tuple[ModelSpec, str] | None:
-    """``(spec, onnx path)`` of the default model's cached export, if one was recorded and still exists."""
+def recall_default(name: str = "default") -> tuple[ModelSpec, str] | None:
+    """``(spec, onnx path)`` of an embedded model's cached export, if one was recorded and still exists."""
+    from ..models import default
     from ..models.bundle import manifest_to_spec
 
+    m = default.embedded(name) or default.DEFAULT
     try:
-        data = json.loads(_default_index().read_text(encoding="utf-8"))
+        data = json.loads(_default_index(m.names[0]).read_text(encoding="utf-8"))
         if not Path(data["onnx"]).is_file():
             return None
-        return manifest_to_spec(data["manifest"], source="default"), data["onnx"]
+        return manifest_to_spec(data["manifest"], source=m.names[0]), data["onnx"]
     except (OSError, ValueError, KeyError, TypeError, ImclassError):
         return None
 
 
 def light_spec(name: str | os.PathLike) -> ModelSpec | None:
-    """The spec of the default model (from its recorded export) or of a bundle (its manifest), read without
-    importing torch; None for anything else, or when there is nothing to read it from."""
+    """The spec of an embedded model (from its recorded export) or of a bundle (its manifest; ``mlflow:<run id>``:
+    the run's bundle, downloaded once), read without importing torch; None for anything else, or when there is
+    nothing to read it from."""
     from ..models import default
     from ..models.bundle import is_bundle, manifest_to_spec, read_manifest
 
     name = os.fspath(name)
-    if name in default.NAMES:
-        found = recall_default()
+    if default.embedded(name) is not None:
+        found = recall_default(name)
         return found[0] if found else None
-    if is_bundle(name):
+    folder = name
+    if name.startswith("mlflow:"):
+        from ..models.mlflow_run import download_bundle
+
         try:
-            spec = manifest_to_spec(read_manifest(name), source=name)
+            folder = os.fspath(download_bundle(name[len("mlflow:"):]))
         except ImclassError:
             return None  # the torch path reports what is wrong
-        spec.bundle_dir = name
+    if is_bundle(folder):
+        try:
+            spec = manifest_to_spec(read_manifest(folder), source=name)
+        except ImclassError:
+            return None
+        spec.bundle_dir = folder
         return spec
     return None
 
@@ -121,21 +137,22 @@ def light_spec(name: str | os.PathLike) -> ModelSpec | None:
 def ready_export(name: str | os.PathLike, *, int8: bool = False) -> tuple[ModelSpec, str] | None:
     """``(spec, ONNX file)`` when ``name`` can run from an existing, verified export without torch.
 
-    fp32: the default model's cached export, or a bundle's ``model.onnx``; ``int8``: a bundle's INT8 file
+    fp32: an embedded model's cached export, or a bundle's ``model.onnx``; ``int8``: a bundle's INT8 file
     (made by ``imclass export --int8``). None otherwise (a missing file, a malformed manifest: the torch
     path then reports the problem).
     """
     from ..models import default
 
     name = os.fspath(name)
-    if name in default.NAMES:
-        return None if int8 else recall_default()  # the default model has no INT8 export of its own
+    if default.embedded(name) is not None:
+        return None if int8 else recall_default(name)  # the embedded models have no INT8 export of their own
     spec = light_spec(name)
     if spec is None:
         return None
     onnx_file = (spec.exports.get("onnx") or {}).get("int8" if int8 else "fp32")
-    if isinstance(onnx_file, str) and onnx_file and (Path(name) / onnx_file).is_file():
-        return spec, str(Path(name) / onnx_file)
+    folder = Path(spec.bundle_dir or name)
+    if isinstance(onnx_file, str) and onnx_file and (folder / onnx_file).is_file():
+        return spec, str(folder / onnx_file)
     return None
 
 
@@ -147,7 +164,8 @@ def self_check(model, spec: ModelSpec, onnx_path: Path, n: int = 8, seed: int = 
 
     ref = TorchBackend(model, spec.preprocess, device="cpu")
     cand = OnnxBackend(onnx_path, spec.preprocess)
-    return parity(ref, cand, [synthetic_batch(spec, n, seed)], multi_label=spec.task == "multi_label")
+    return parity(ref, cand, [synthetic_batch(spec, n, seed)], multi_label=spec.task == "multi_label",
+                  known=bool(spec.open_set))
 
 
 def synthetic_batch(spec: ModelSpec, n: int, seed: int = 0) -> np.ndarray:

@@ -45,6 +45,7 @@ def export_onnx(model, preprocess, path: str | os.PathLike, *, opset: int = OPSE
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "You are using the legacy TorchScript-based ..."
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # reversed pads; ORT folds
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in transformers models
             torch.onnx.export(
                 model, (dummy,), str(tmp),
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -88,8 +88,10 @@ def explain(model: Any, images: Iterable[Any] | str | os.PathLike, method: str =
     method = method_name(method)
     if overlay not in OVERLAYS:
         raise ParameterError("overlay", f"must be one of {', '.join(OVERLAYS)}, not {overlay!r}")
+    from ..models.open_set import unwrap
+
     clf = _classifier(model, device)
-    net = clf.model
+    net = unwrap(clf.model)  # the class logits (an open-set score is not explained)
     if net is None:
         raise ImclassError("this classifier has no torch model to explain")
     items = expand_images(images)

@@ -44,12 +44,17 @@ _EPS = 1e-12
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], task: str = SINGLE_LABEL, *,
                     unknown_threshold: float | None = None,
-                    thresholds: float | list[float] | np.ndarray | None = None) -> dict[str, Any]:
-    """Every metric for ``task``; see the module docstring for the keys."""
+                    thresholds: float | list[float] | np.ndarray | None = None,
+                    known: np.ndarray | None = None) -> dict[str, Any]:
+    """Every metric for ``task``; see the module docstring for the keys. ``known``: the model's
+    ``known_score`` per image, compared with ``unknown_threshold`` (default: the top probability)."""
     if task == SINGLE_LABEL:
-        return single_label_metrics(y_true, probs, classes, unknown_threshold=unknown_threshold)
+        return single_label_metrics(y_true, probs, classes, unknown_threshold=unknown_threshold, known=known)
     if task == MULTI_LABEL:
-        return multi_label_metrics(y_true, probs, classes, thresholds=thresholds)
+        out = multi_label_metrics(y_true, probs, classes, thresholds=thresholds)
+        if known is not None and unknown_threshold is not None:
+            out["rejection"] = _multi_label_rejection(probs, known, unknown_threshold, thresholds, len(classes))
+        return out
     raise ValueError(f"unknown task {task!r}; use {SINGLE_LABEL!r} or {MULTI_LABEL!r}")
 
 
@@ -81,16 +86,22 @@ def _check(y_true: np.ndarray, probs: np.ndarray, classes: list[str], multi: boo
 # ---- single-label ------------------------------------------------------------------------------------
 
 def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], *,
-                         unknown_threshold: float | None = None, n_bins: int = ECE_BINS) -> dict[str, Any]:
-    """Metrics for one label per image; ``y_true``: class indices ``(N,)``, ``probs``: ``(N, C)``."""
+                         unknown_threshold: float | None = None, n_bins: int = ECE_BINS,
+                         known: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics for one label per image; ``y_true``: class indices ``(N,)``, ``probs``: ``(N, C)``.
+    ``known``: the model's ``known_score`` per image (rejection compares it with ``unknown_threshold``;
+    default: the top probability)."""
     from sklearn.metrics import accuracy_score, log_loss, top_k_accuracy_score
 
+    if known is not None:
+        known = np.asarray(known, dtype=np.float64)[valid_rows(probs)]
     y, p, out = _check(y_true, probs, classes, multi=False)
     n_cls = len(classes)
     pred = p.argmax(axis=1) if len(p) else np.zeros(0, dtype=np.int64)
     conf = p.max(axis=1) if len(p) else np.zeros(0)
     correct = pred == y
-    accepted = np.ones(len(p), dtype=bool) if unknown_threshold is None else conf >= unknown_threshold
+    accepted = (np.ones(len(p), dtype=bool) if unknown_threshold is None
+                else (conf if known is None else known) >= unknown_threshold)
 
     out.update(_class_metrics(y[accepted], pred[accepted], n_cls, classes))
     top_k: dict[str, float | None] = {}
@@ -113,6 +124,7 @@ def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[st
         rejected = ~accepted
         out["rejection"] = {
             "threshold": float(unknown_threshold),
+            "score": "top probability" if known is None else "known_score",
             "rejected": int(rejected.sum()),
             "rejected_rate": _ratio(rejected.sum(), len(y)),
             "coverage": _ratio(accepted.sum(), len(y)),
@@ -122,6 +134,19 @@ def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[st
                                    zip(*np.unique(y[rejected], return_counts=True))},
         }
     return out
+
+
+def _multi_label_rejection(probs: np.ndarray, known: np.ndarray, threshold: float,
+                           thresholds: float | list[float] | np.ndarray | None, n_labels: int) -> dict[str, Any]:
+    """Multi-label: ``unknown`` (the known score is below the threshold) and ``no label`` (no label above
+    its threshold) are told apart and both counted."""
+    ok = valid_rows(probs)
+    p, k = np.asarray(probs, dtype=np.float64)[ok], np.asarray(known, dtype=np.float64)[ok]
+    thr = np.broadcast_to(np.asarray(0.5 if thresholds is None else thresholds, dtype=np.float64), (n_labels,))
+    unknown = k < threshold
+    none = ~unknown & ~(p >= thr).any(axis=1)
+    return {"threshold": float(threshold), "score": "known_score", "unknown": int(unknown.sum()),
+            "no_label": int(none.sum()), "coverage": _ratio((~unknown).sum(), len(p))}
 
 
 def _class_metrics(y: np.ndarray, pred: np.ndarray, n_cls: int, classes: list[str]) -> dict[str, Any]:

@@ -27,13 +27,15 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
              thresholds: float | Sequence[float] | str | None = FROM_MODEL, device: str = "auto",
              backend: str = "auto", batch_size: int | None = None, workers: int | None = None,
              audit: dict[str, Any] | None = None, cam_method: str = "gradcam",
-             on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             open_set: Any = None, on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Evaluate ``model`` (a Classifier or a model name) on ``data`` (a Dataset or a folder/CSV).
 
     ``split``: ``val`` (falls back to ``test``, then all rows, when the dataset has none), ``test`` or
     ``all``. ``unknown_threshold`` / ``thresholds`` default to the model's own. ``report`` is a folder
     for ``report.html`` + ``metrics.json`` + ``predictions.csv``; ``predictions`` (CSV) and ``json_path``
-    write those files alone.
+    write those files alone. ``open_set``: images of classes the model never saw (a folder, a dataset or a
+    list of paths): ``metrics["open_set"]`` then says how well ``known_score`` tells them from the evaluated
+    images (AUROC), the share rejected as ``unknown`` and the known-class coverage with its interval.
     """
     clf = _classifier(model, device, backend)
     ds = _dataset(data, images_dir)
@@ -45,8 +47,8 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
     columns, mapping = map_labels(clf.labels, ds.classes, multi_label=task == MULTI_LABEL,
                                   ids=wordnet_ids(clf.labels))
     paths = sub.table["path"].tolist()
-    raw, load_errors = clf.predict_proba(paths, batch_size=batch_size, workers=workers, return_errors=True,
-                                         progress=on_progress)
+    raw, known, load_errors = clf.predict_scores(paths, batch_size=batch_size, workers=workers,
+                                                 progress=on_progress)
     probs = raw[:, columns]
     if mapping and mapping["renormalised"]:
         probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
@@ -56,12 +58,16 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
     if thresholds == FROM_MODEL:
         spec_thr = clf.spec.label_thresholds
         thresholds = None if spec_thr is None else [spec_thr[j] for j in columns]
-    if task == MULTI_LABEL:
+    if task == MULTI_LABEL and known is None:
         unknown = None
-    metrics = compute_metrics(y, probs, ds.classes, task, unknown_threshold=unknown, thresholds=thresholds)
+    metrics = compute_metrics(y, probs, ds.classes, task, unknown_threshold=unknown, thresholds=thresholds,
+                              known=known)
     errors = _error_messages(sub.table, probs, load_errors)
     table = _table(paths, y, probs, ds.classes, task, errors, unknown,
-                   label_thresholds(thresholds, len(ds.classes)) if task == MULTI_LABEL else None)
+                   label_thresholds(thresholds, len(ds.classes)) if task == MULTI_LABEL else None, known)
+    if open_set is not None:
+        metrics["open_set"] = _open_set_metrics(clf, open_set, known, probs, y, task, unknown, images_dir,
+                                                batch_size, workers)
     metrics.update(_context(clf, ds, sub, used, split, mapping, warnings, table, errors))
     worst = top_losses(y, probs, task, TOP_LOSSES, thresholds=thresholds)
     metrics["top_losses"] = [{"path": paths[i], "true": table.at[i, "true"], "predicted": table.at[i, "predicted"],
@@ -167,7 +173,61 @@ def _error_messages(table: pd.DataFrame, probs: np.ndarray, load_errors: list[st
     return out
 
 
-def _table(paths, y, probs, classes, task, errors, unknown, thr) -> pd.DataFrame:
+def _open_set_metrics(clf, data, known: np.ndarray | None, probs: np.ndarray, y: np.ndarray, task: str,
+                      unknown: float | None, images_dir, batch_size, workers) -> dict[str, Any]:
+    """How well ``known_score`` separates the evaluated (known-class) images from ``data`` (unseen classes)."""
+    from sklearn.metrics import roc_auc_score
+
+    from ..data import Dataset
+    from ..engine.sources import iter_image_paths
+
+    if known is None:
+        raise ImclassError("this model has no known-class score (a multi-label model trained without one); "
+                           "retrain it to measure open-set rejection")
+    if isinstance(data, Dataset):
+        paths = data.table["path"].tolist()
+    elif isinstance(data, (list, tuple)):
+        paths = [os.fspath(p) for p in data]
+    else:
+        paths = [os.fspath(p) for p in iter_image_paths([data])]
+    if not paths:
+        raise ParameterError("open_set", f"no images in {data}")
+    _, unseen, errs = clf.predict_scores(paths, batch_size=batch_size, workers=workers)
+    ok_known = np.isfinite(known) & np.isfinite(probs).all(axis=1)
+    k, u = known[ok_known], unseen[np.isfinite(unseen)]
+    out: dict[str, Any] = {
+        "score": "known_score" if clf.spec.open_set else "top probability",
+        "known_images": int(len(k)), "unseen_images": int(len(u)),
+        "unreadable": int(sum(e is not None for e in errs)),
+        "auroc": _f(roc_auc_score(np.r_[np.ones(len(k)), np.zeros(len(u))], np.r_[k, u])) if len(k) and len(u)
+        else None,
+    }
+    if unknown is not None:
+        accepted = k >= unknown
+        out.update({"threshold": float(unknown), "unseen_rejected": _f((u < unknown).mean()) if len(u) else None,
+                    "known_coverage": _f(accepted.mean()) if len(k) else None,
+                    "known_coverage_interval": _wilson(int(accepted.sum()), len(k))})
+        if task == SINGLE_LABEL and accepted.any():
+            pred = probs[ok_known].argmax(axis=1)
+            out["accuracy_on_accepted"] = _f((pred[accepted] == y[ok_known][accepted]).mean())
+    return out
+
+
+def _f(x) -> float:
+    return round(float(x), 6)
+
+
+def _wilson(hits: int, n: int, z: float = 1.6449) -> list[float] | None:
+    """90% Wilson interval of a proportion."""
+    if n == 0:
+        return None
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [_f(max(0.0, centre - half)), _f(min(1.0, centre + half))]
+
+
+def _table(paths, y, probs, classes, task, errors, unknown, thr, known=None) -> pd.DataFrame:
     ok = np.isfinite(probs).all(axis=1)
     loss = per_image_loss(y, probs, task)
     true, pred, conf, correct = [], [], [], []
@@ -185,22 +245,25 @@ def _table(paths, y, probs, classes, task, errors, unknown, thr) -> pd.DataFrame
             continue
         if task == MULTI_LABEL:
             chosen = probs[i] >= thr
-            pred.append(";".join(c for c, v in zip(classes, chosen) if v))
+            rej = unknown is not None and known is not None and known[i] < unknown
+            pred.append("unknown" if rej else ";".join(c for c, v in zip(classes, chosen) if v))
             conf.append(round(float(probs[i][chosen].max() if chosen.any() else probs[i].max()), 6))
-            correct.append(bool((chosen.astype(int) == y[i]).all()))
-            rejected.append(False)
+            correct.append(None if rej else bool((chosen.astype(int) == y[i]).all()))
+            rejected.append(rej)
         else:
             j = int(probs[i].argmax())
             score = float(probs[i, j])
-            rej = unknown is not None and score < unknown
+            rej = unknown is not None and (score if known is None else known[i]) < unknown
             pred.append("unknown" if rej else classes[j])
             conf.append(round(score, 6))
             correct.append(None if rej else j == int(y[i]))
             rejected.append(rej)
     frame = pd.DataFrame({"path": paths, "true": true, "predicted": pred, "confidence": conf,
                           "correct": correct, "error": errors, "loss": loss})
-    if task == SINGLE_LABEL:
+    if task == SINGLE_LABEL or known is not None:
         frame["rejected"] = rejected
+    if known is not None:
+        frame["known_score"] = np.round(known, 6)
     return frame
 
 

@@ -87,18 +87,20 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
     ref = TorchBackend(clf.model, spec.preprocess, device="cpu")
     check_batches = _uint8_batches(clf, parity_paths, batch_size) if parity_paths else [synthetic_batch(spec, 32)]
     multi = spec.task == "multi_label"
+    known = {"known": bool(spec.open_set), "unknown_threshold": spec.unknown_threshold if spec.open_set else None}
     result = ExportResult(out, files)
     fp32 = OnnxBackend(out / files["fp32"], spec.preprocess)
-    result.parity["fp32"] = parity(ref, fp32, check_batches, multi_label=multi)
+    result.parity["fp32"] = parity(ref, fp32, check_batches, multi_label=multi, **known)
     result.parity["fp32"]["images"] = "photos" if parity_paths else "synthetic images"
     _judge(result, "fp32", force)
     quantization = None
     if int8:
         files["int8"] = "model.int8.onnx"
         quantization = result.quantization = _quantize_best(out / files["fp32"], out / files["int8"], ref, fp32,
-                                      _uint8_batches(clf, calib_paths, batch_size), multi, int8_candidates)
+                                      _uint8_batches(clf, calib_paths, batch_size), multi, int8_candidates,
+                                      known=spec.unknown_threshold if spec.open_set else None)
         q = OnnxBackend(out / files["int8"], spec.preprocess)
-        result.parity["int8"] = parity(ref, q, check_batches, multi_label=multi)
+        result.parity["int8"] = parity(ref, q, check_batches, multi_label=multi, **known)
         result.parity["int8"]["images"] = "photos"
         result.parity["int8"]["calibration_images"] = len(calib_paths)
         _judge(result, "int8", force)
@@ -116,7 +118,7 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
 
 
 def _quantize_best(fp32_path: Path, int8_path: Path, ref, fp32, calib_u8: list[np.ndarray], multi: bool,
-                   candidates: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+                   candidates: Sequence[dict[str, Any]] | None, known: float | None = None) -> dict[str, Any]:
     """Quantise with each candidate setting; keep the closest to ``ref`` on the calibration photos.
 
     Returns the manifest's ``quantization`` entry: the chosen settings and, under ``search``, every
@@ -131,34 +133,51 @@ def _quantize_best(fp32_path: Path, int8_path: Path, ref, fp32, calib_u8: list[n
     reference = {id(b): ref(b) for b in calib_u8}  # the torch model runs once, not once per candidate
     tried: list[dict[str, Any]] = []
     best: tuple[float, int] | None = None
+    keep_float = ["/known/*"] if known is not None else []  # the open-set score's own nodes: distances stay in float
     with tempfile.TemporaryDirectory(prefix="imclass-int8-") as tmp:
         for i, cand in enumerate(candidates if candidates is not None else INT8_CANDIDATES):
             settings = {**INT8_BASE, **cand}
+            if keep_float:
+                settings["nodes_to_exclude"] = [*settings.get("nodes_to_exclude", []), *keep_float]
             path = Path(tmp) / f"candidate-{i}.onnx"
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
                 # one work folder: pre-processing, ranges (per method) and input means are computed once
                 quantize_int8(fp32_path, path, calib, work_dir=Path(tmp) / "work", **settings)
             score = parity(lambda b: reference[id(b)], OnnxBackend(path, fp32.preprocess), calib_u8,
-                           multi_label=multi)
+                           multi_label=multi, known=known is not None, unknown_threshold=known)
             tried.append({**settings, "calibration_mean_kl": score["mean_kl"],
-                          "calibration_top1_agreement": score["top1_agreement"]})
-            if best is None or score["mean_kl"] < best[0]:
-                best = (score["mean_kl"], i)
+                          "calibration_top1_agreement": score["top1_agreement"],
+                          **({"calibration_unknown_agreement": score["unknown_agreement"]} if known is not None
+                             else {})})
+            # closest probabilities; with an open-set score, unknown decisions that change count as much
+            loss = score["mean_kl"] + (1.0 - score.get("unknown_agreement", 1.0))
+            if best is None or loss < best[0]:
+                best = (loss, i)
                 shutil.copyfile(path, int8_path)
     if best is None:
         raise ExportError("no INT8 candidate settings to try")
     chosen = {k: v for k, v in tried[best[1]].items() if not k.startswith("calibration_")}
-    return {**chosen, "chosen_by": "lowest mean KL divergence from torch on the calibration photos",
+    return {**chosen, "chosen_by": "lowest mean KL divergence from torch on the calibration photos"
+            + (" plus the share of changed unknown decisions" if known is not None else ""),
             "search": tried}
 
 
 def _judge(result: ExportResult, kind: str, force: bool) -> None:
     p = result.parity[kind]
-    bad = p["top1_agreement"] < MIN_AGREEMENT[kind] or (kind == "fp32" and p["max_abs_prob_diff"] > MAX_FP32_PROB_DIFF)
-    if not bad:
+    need = MIN_AGREEMENT[kind]
+    reasons = []
+    if p["top1_agreement"] < need:
+        reasons.append(f"it agrees with torch on the top class for {p['top1_agreement']:.1%} of {p['n']} images "
+                       f"(need {need:.1%})")
+    if kind == "fp32" and p["max_abs_prob_diff"] > MAX_FP32_PROB_DIFF:
+        reasons.append(f"its probabilities differ from torch's by up to {p['max_abs_prob_diff']:.4f} "
+                       f"(allowed {MAX_FP32_PROB_DIFF})")
+    if "unknown_agreement" in p and p["unknown_agreement"] < need:
+        reasons.append(f"its unknown decision agrees for {p['unknown_agreement']:.1%} (need {need:.1%}; the "
+                       f"known-class score reads inner features, which {kind} changes)")
+    if not reasons:
         return
-    msg = (f"{kind} export agrees with torch on {p['top1_agreement']:.1%} of {p['n']} images "
-           f"(need {MIN_AGREEMENT[kind]:.1%}; max probability difference {p['max_abs_prob_diff']:.4f})")
+    msg = f"{kind} export: " + "; ".join(reasons)
     if not force:
         raise ExportError(msg + "; refusing to export (force=True / --force keeps it anyway)")
     result.passed = False
@@ -178,3 +197,4 @@ def _uint8_batches(clf, paths: Sequence[str], batch_size: int) -> list[np.ndarra
     for _ in run_batches(paths, decode=clf.decode, infer=keep, name_of=str, batch_size=batch_size, workers=2):
         pass
     return [np.stack(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)]
+

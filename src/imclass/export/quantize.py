@@ -41,7 +41,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
       :data:`CALIBRATION_RUN` images at a time, whatever their size, to bound memory.
     - ``method``: ``minmax``, ``entropy`` or ``percentile`` (ORT's default 99.999th percentile, symmetric).
     - ``per_channel``: per-output-channel weight scales (essential for depthwise convolutions).
-    - ``nodes_to_exclude``: node names kept in float (names in the graph after pre-processing when
+    - ``nodes_to_exclude``: node names kept in float (``prefix*`` names every node starting so; names in
+      the graph after pre-processing when
       ``preprocess`` is true; unknown names raise).
     - ``exclude_first_convs``: keep the first N ``Conv`` nodes in float (1 = the stem). On EfficientNet-Lite0
       the first 6 (stem to block 1.0) are by far the most sensitive layers. ``exclude_first_conv=True`` is
@@ -84,7 +85,9 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
         src = work.source()
         graph = onnx.load(str(src)).graph
         names = {n.name for n in graph.node}
-        exclude = list(nodes_to_exclude or [])
+        patterns = [n[:-1] for n in nodes_to_exclude or [] if n.endswith("*")]  # "prefix*": every node it starts
+        exclude = [n for n in nodes_to_exclude or [] if not n.endswith("*")]
+        exclude += sorted(n for n in names if any(n.startswith(p) for p in patterns))
         unknown = [n for n in exclude if n not in names]
         if unknown:
             raise ValueError(f"nodes_to_exclude: no such nodes {unknown[:5]} (graph has e.g. {sorted(names)[:5]})")
@@ -92,7 +95,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
         n_first = max(exclude_first_convs, 1 if exclude_first_conv else 0)
         exclude += [n for n in convs[:n_first] if n not in exclude]
         if exclude_last_layer:
-            last = next((n.name for n in reversed(graph.node) if n.op_type in ("Gemm", "MatMul")), None)
+            last = next((n.name for n in reversed(graph.node)  # the classifier (not the open-set score's)
+                         if n.op_type in ("Gemm", "MatMul") and not n.name.startswith("/known/")), None)
             exclude += [last] if last and last not in exclude else []
         options = {"CalibStridedMinMax": 1, **(extra_options or {})}  # one batch at a time: bounded memory
         reader = _BatchReader(graph.input[0].name, batches)

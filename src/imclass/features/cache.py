@@ -55,6 +55,11 @@ class EmbeddingCache(SqliteStore):
                           [(sha, backbone, int(v.size), np.ascontiguousarray(v, dtype="<f4").tobytes())
                            for sha, v in items if sha])
 
+    def hashes(self, backbone: str) -> set[str]:
+        """The content hashes that have a vector for ``backbone``."""
+        con = self.connection()
+        return {row[0] for row in con.execute("SELECT sha256 FROM embeddings WHERE backbone=?", (backbone,))}
+
     def count(self, backbone: str | None = None) -> int:
         con = self.connection()
         if backbone is None:

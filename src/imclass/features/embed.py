@@ -46,7 +46,9 @@ def feature_module(model):
     """A copy of ``model`` whose forward returns pooled pre-classifier features."""
     import torch
 
-    feats = copy.deepcopy(model).eval()
+    from ..models.open_set import unwrap
+
+    feats = copy.deepcopy(unwrap(model)).eval()
     if hasattr(feats, "reset_classifier") and hasattr(feats, "get_classifier"):  # timm
         feats.reset_classifier(0)
         return feats
@@ -67,15 +69,17 @@ class Embedder:
 
     ``backbone``: a model name (``default``, a bundle folder, a timm or ``hf:`` name) or a
     :class:`~imclass.classifier.Classifier`. ``backend``: ``auto`` (ONNX Runtime on CPU, torch on GPU),
-    ``torch`` or ``onnx``.
+    ``torch`` or ``onnx``. ``taps``: instead of the pre-classifier features, the concatenated pooled
+    features of these layers (see :func:`imclass.models.open_set.candidate_taps`), cached under their own key.
     """
 
     def __init__(self, backbone: Any = "default", *, device: str = "auto", backend: str = "auto",
-                 threads: int | None = None, cache: EmbeddingCache | bool = True):
+                 threads: int | None = None, cache: EmbeddingCache | bool = True, taps: tuple[str, ...] = ()):
         self._clf = None if isinstance(backbone, (str, os.PathLike)) else backbone
         self._name_or_path = os.fspath(backbone) if isinstance(backbone, (str, os.PathLike)) else None
         self.device, self.backend_name, self.threads = device, backend, threads
         self.cache = EmbeddingCache() if cache is True else (cache or None)
+        self.taps = tuple(taps)
         self._key: str | None = None
         self._run: Callable[[np.ndarray], np.ndarray] | None = None
         self._spec = None
@@ -100,7 +104,9 @@ class Embedder:
     def key(self) -> str:
         """Cache key: hash of the backbone's weights, architecture, preprocessing and :data:`KEY_VERSION`."""
         if self._key is None:
-            self._key = self._light_key() or self._model_key()
+            key = self._light_key() or self._model_key()
+            self._key = key if not self.taps else hashlib.sha256(f"{key}|taps={','.join(self.taps)}".encode()
+                                                                 ).hexdigest()[:32]
         return self._key
 
     def _light_spec(self):
@@ -111,15 +117,16 @@ class Embedder:
         return light_spec(self._name_or_path)
 
     def _light_key(self) -> str | None:
-        """A key from the weights *file* (no torch import) for the default model and bundles."""
+        """A key from the weights *file* (no torch import) for the embedded models and bundles."""
         from ..models import default
         from ..models.bundle import WEIGHTS, is_bundle, read_manifest
 
         name = self._name_or_path
         if name is None:
             return None
-        if name in default.NAMES:
-            return _key("default", _file_sha256(default.weights_path()), {"arch": default.ARCH})
+        m = default.embedded(name)
+        if m is not None:  # default (Lite0), lite1, lite2: their weights file and architecture
+            return _key("default", _file_sha256(default.weights_path(name)), {"arch": m.arch})
         if is_bundle(name):
             m = read_manifest(name)
             return _key("bundle", _file_sha256(Path(name) / WEIGHTS),
@@ -138,8 +145,13 @@ class Embedder:
     # ---- computing ------------------------------------------------------------------------------
     def _runner(self) -> Callable[[np.ndarray], np.ndarray]:
         if self._run is None:
-            model = feature_module(self.classifier.model)
             spec = self.classifier.spec
+            if self.taps:
+                from ..models.open_set import TapFeatures, unwrap
+
+                model = TapFeatures(copy.deepcopy(unwrap(self.classifier.model)).eval(), list(self.taps))
+            else:
+                model = feature_module(self.classifier.model)
             use_onnx = self.backend_name == "onnx" or (
                 self.backend_name == "auto" and resolve_device(self.device) == "cpu")
             if use_onnx:
@@ -147,7 +159,8 @@ class Embedder:
                     from ..engine.onnx_backend import OnnxBackend, default_streams
                     from ..engine.onnx_cache import cached_onnx
 
-                    self._run = OnnxBackend(cached_onnx(model, spec, features=True), spec.preprocess,
+                    tag = "taps" + hashlib.sha256(",".join(self.taps).encode()).hexdigest()[:8] if self.taps else ""
+                    self._run = OnnxBackend(cached_onnx(model, spec, features=True, tag=tag), spec.preprocess,
                                             threads=self.threads, streams=default_streams("cpu", self.threads))
                 except Exception as e:
                     if self.backend_name == "onnx":
@@ -158,6 +171,11 @@ class Embedder:
 
                 self._run = TorchBackend(model, spec.preprocess, device=self.device, threads=self.threads)
         return self._run
+
+    def prepare(self) -> Embedder:
+        """Build the runtime now (an ONNX export on first use) rather than at the first :meth:`embed`."""
+        self._runner()
+        return self
 
     def decode(self, item: Any) -> np.ndarray:
         return self.spec.preprocess.load(item)

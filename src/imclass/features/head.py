@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..errors import ParameterError
+
 #: Inverse regularisation strengths tried; the one with the lowest validation log loss wins.
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -31,18 +33,27 @@ class Head:
 
 def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None, *,
              num_classes: int, multi_label: bool = False, balanced: bool = False,
-             grid: tuple[float, ...] = C_GRID, seed: int = 0) -> Head:
+             grid: tuple[float, ...] = C_GRID, seed: int = 0, scale: str = "feature") -> Head:
     """Fit the head, choosing ``C`` on the validation set (log loss); without one, ``C=0.1`` (or the only
     value of ``grid``).
 
     ``y`` are class indices (single-label) or a 0/1 matrix (multi-label). ``balanced`` weights classes
     inversely to their frequency (single-label) or positives vs negatives per label (multi-label).
+    ``scale``: the features are centred, then divided by their standard deviation per dimension (``feature``)
+    or by one overall deviation (``global``: better with a few labels per class, where per-dimension
+    deviations are noise that the standardisation amplifies).
     """
+    if scale not in ("feature", "global"):
+        raise ParameterError("scale", f"must be 'feature' or 'global', not {scale!r}")
     mean = x_train.mean(axis=0)
-    scale = x_train.std(axis=0)
-    scale[scale < 1e-6] = 1.0
-    xt = (x_train - mean) / scale
-    xv = None if x_val is None or len(x_val) == 0 else (x_val - mean) / scale
+    if scale == "global":
+        overall = float(np.sqrt(np.mean((x_train - mean) ** 2))) if len(x_train) else 0.0
+        scale_v = np.full(x_train.shape[1], overall if overall > 1e-6 else 1.0)
+    else:
+        scale_v = x_train.std(axis=0)
+        scale_v[scale_v < 1e-6] = 1.0
+    xt = (x_train - mean) / scale_v
+    xv = None if x_val is None or len(x_val) == 0 else (x_val - mean) / scale_v
     candidates = grid if xv is not None else ((grid[0],) if len(grid) == 1 else (0.1,))
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
     curve = []
@@ -62,7 +73,7 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
     assert best is not None
     _, c, w, b = best
     # fold the standardisation in: w (x - m) / s + b == (w / s) x + (b - w . m / s)
-    weight = w / scale
+    weight = w / scale_v
     bias = b - weight @ mean
     return Head(weight.astype(np.float32), bias.astype(np.float32), float(c), curve)
 

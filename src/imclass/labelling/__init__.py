@@ -15,7 +15,7 @@ from ..classifier import Classifier
 from ..engine.sources import count_image_paths, iter_image_paths, validate_sources
 from ..errors import ImclassError, ParameterError
 from ..prediction import Prediction
-from .sinks import Sink, open_sink
+from .sinks import PartsSink, Sink, open_sink
 from .sorting import Sorter
 
 
@@ -81,16 +81,19 @@ def label_library(
     if resume and output is None:
         raise ParameterError("resume", "needs {output} (the file to continue)")
     if sort_into is not None:
-        _check_sort_target(sources, sort_into)
+        check_sort_target(sources, sort_into)
 
     t_load = time.perf_counter()
+    extra = (*(ID_COLUMNS if ids else ()), *(KNOWN_COLUMNS if _can_say_unknown(model) else ()))
     sink: Sink | None = (open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite,
-                                   extra_columns=ID_COLUMNS if ids else ()) if output else None)
+                                   extra_columns=extra) if output else None)
     if isinstance(model, Classifier):
         clf = model
     else:
         clf = Classifier.load(model, device=device, backend=backend, threads=threads, streams=streams)
     _ = clf.backend  # build the runtime now (an ONNX export on first use): loading, not labelling time
+    if isinstance(sink, PartsSink):  # continuing a folder of parts (written by a distributed run)
+        sink.multi_label = clf.spec.task == "multi_label"
     sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
     add_ids = label_ids(clf.labels) if ids else None
     done = sink.done if sink else set()
@@ -139,6 +142,16 @@ def label_library(
 
 
 ID_COLUMNS = ("class_index", "wnid")
+KNOWN_COLUMNS = ("known_score",)  # models that can say "unknown": how familiar each image looks
+
+
+def _can_say_unknown(model) -> bool:
+    """Whether rows will carry ``known_score`` (read from the manifest, before the model is built)."""
+    from ..engine.onnx_cache import light_spec
+
+    spec = model.spec if isinstance(model, Classifier) else light_spec(model)
+    return spec is not None and (bool(spec.open_set) or
+                                 (spec.unknown_threshold is not None and spec.task == "single_label"))
 
 
 def label_ids(labels: list[str]) -> Callable[[Prediction], None]:
@@ -163,7 +176,7 @@ def label_ids(labels: list[str]) -> Callable[[Prediction], None]:
     return add
 
 
-def _check_sort_target(sources: Sequence[str | os.PathLike], target: str | os.PathLike) -> None:
+def check_sort_target(sources: Sequence[str | os.PathLike], target: str | os.PathLike) -> None:
     t = Path(target).resolve()
     for s in sources:
         s = Path(s).resolve()

@@ -4,7 +4,8 @@ Manifest keys (``format_version`` 1)::
 
     format, format_version, architecture, labels, task, preprocess,
     calibration {temperature}, thresholds {labels, unknown}, provenance, training, metrics,
-    exports {onnx: {fp32, int8, parity}}, versions {imclass, torch, timm, ...}, created, weights
+    exports {onnx: {fp32, int8, parity}}, versions {imclass, torch, timm, ...}, created, weights,
+    open_set (format_version 2; see imclass.models.open_set)
 
 Readers refuse a newer ``format_version`` with a message instead of guessing.
 """
@@ -28,7 +29,7 @@ from .spec import ModelSpec
 MANIFEST = "imclass.json"
 WEIGHTS = "model.safetensors"
 FORMAT = "imclass.bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional "open_set" (the network outputs a known-class score); 1 without it
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
@@ -46,7 +47,7 @@ def library_versions() -> dict[str, str]:
 def spec_to_manifest(spec: ModelSpec) -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if spec.open_set else 1,  # older readers still read what they can
         "architecture": spec.architecture,
         "labels": list(spec.labels),
         "task": spec.task,
@@ -60,6 +61,7 @@ def spec_to_manifest(spec: ModelSpec) -> dict[str, Any]:
         "versions": library_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "weights": WEIGHTS,
+        **({"open_set": spec.open_set} if spec.open_set else {}),
     }
 
 
@@ -77,8 +79,10 @@ def manifest_to_spec(m: dict[str, Any], source: str = "") -> ModelSpec:
             f"({FORMAT_VERSION}); upgrade imclass")
     try:
         arch = m["architecture"]
-        if not isinstance(arch, dict) or arch.get("family") not in ("timm", "hf", "imclass"):
-            raise ValueError("'architecture' must be an object with family 'timm', 'hf' or 'imclass'")
+        from .families import FAMILIES
+
+        if not isinstance(arch, dict) or arch.get("family") not in FAMILIES:
+            raise ValueError(f"'architecture' must be an object with a family of {', '.join(map(repr, FAMILIES))}")
         if arch["family"] in ("timm", "imclass") and not isinstance(arch.get("name"), str):
             raise ValueError(f"a {arch['family']} 'architecture' needs a 'name'")
         labels = m["labels"]
@@ -95,6 +99,9 @@ def manifest_to_spec(m: dict[str, Any], source: str = "") -> ModelSpec:
             if len(label_thresholds) != len(labels):
                 raise ValueError(f"{len(label_thresholds)} label thresholds for {len(labels)} labels")
         unknown = thresholds.get("unknown")
+        open_set = m.get("open_set")
+        if open_set is not None and not (isinstance(open_set, dict) and isinstance(open_set.get("taps"), list)):
+            raise ValueError("'open_set' must be an object with 'taps'")
         return ModelSpec(
             architecture=arch,
             labels=list(labels),
@@ -108,6 +115,7 @@ def manifest_to_spec(m: dict[str, Any], source: str = "") -> ModelSpec:
             training=m.get("training") or {},
             metrics=m.get("metrics") or {},
             exports=m.get("exports") or {},
+            open_set=open_set,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{source}: malformed manifest ({e.__class__.__name__}: {e})") from None
@@ -147,6 +155,10 @@ def load_bundle(path: str | os.PathLike):
         raise BundleError(f"{path}: missing {WEIGHTS}")
     try:
         model = build_architecture(spec.architecture, spec.num_classes)
+        if spec.open_set:
+            from .open_set import OpenSetNet
+
+            model = OpenSetNet(model, spec.open_set)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:  # e.g. unknown timm name
         raise BundleError(f"{path}: cannot build the bundle's architecture ({e.__class__.__name__}: {e})") from None
     try:

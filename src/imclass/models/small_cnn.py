@@ -34,9 +34,12 @@ class SmallVGG(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean(dim=(2, 3)))
+        return x if pre_logits else self.classifier(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x).mean(dim=(2, 3))
-        return self.classifier(self.drop(x))
+        return self.forward_head(self.forward_features(x))
 
     # the timm classifier interface, so heads are swapped the same way for every family
     def get_classifier(self) -> nn.Module:

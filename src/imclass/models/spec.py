@@ -26,12 +26,14 @@ class ModelSpec:
     task: Task = "single_label"
     temperature: float | None = None  # calibration: logits are divided by it
     label_thresholds: list[float] | None = None  # multi-label decision thresholds, one per label
-    unknown_threshold: float | None = None  # single-label: top score below it -> "unknown"
+    unknown_threshold: float | None = None  # known_score (or, without open_set, top score) below it -> "unknown"
     source: str = ""  # how the model was named when loaded
     provenance: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     exports: dict[str, Any] = field(default_factory=dict)  # e.g. {"onnx": {"fp32": "model.onnx", ...}}
+    # the known-class score's recipe (imclass.models.open_set); the network then outputs it as a last column
+    open_set: dict[str, Any] | None = None
     # set when loaded from a bundle (exported files are relative to it); runtime state, not compared
     bundle_dir: str | None = field(default=None, compare=False)
 

@@ -307,13 +307,15 @@ class MicroBatcher:
         spec = self.classifier.spec
         try:
             t0 = time.perf_counter()
-            probs = probabilities(self.classifier.logits(np.stack([it.array for it in live])), spec)
+            logits, known = self.classifier.outputs(np.stack([it.array for it in live]))
+            probs = probabilities(logits, spec)
             seconds = time.perf_counter() - t0
             by_k: dict[int, list[int]] = {}
             for i, it in enumerate(live):
                 by_k.setdefault(it.top_k, []).append(i)
             for k, idx in by_k.items():
-                preds = decide(probs[idx], [live[i].name for i in idx], spec, k)
+                preds = decide(probs[idx], [live[i].name for i in idx], spec, k,
+                               known=None if known is None else known[idx])
                 for i, p in zip(idx, preds):
                     live[i].future.set_result(p)
         except Exception as e:

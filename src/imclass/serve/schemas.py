@@ -59,7 +59,7 @@ class TopK(_Model):
 
 
 class ImageResult(_Model):
-    _omitted_when_null = ("labels",)
+    _omitted_when_null = ("labels", "known_score")
 
     filename: Optional[str] = Field(None, description="the uploaded file's name (null for a raw body)")
     label: Optional[str] = Field(None, description="top class, `unknown`, or `;`-joined labels (multi-label)")
@@ -68,6 +68,9 @@ class ImageResult(_Model):
     topk: list[TopK] = []
     labels: Optional[list[str]] = Field(
         None, description="multi-label models only: every label above its threshold")
+    known_score: Optional[float] = Field(
+        None, description="models that can say `unknown`: how familiar the image looks (higher = more likely "
+                          "one of the model's classes); below the model's threshold the label is `unknown`")
     status: int = Field(200, description="HTTP status this image alone would get")
 
     @classmethod

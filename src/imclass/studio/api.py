@@ -76,6 +76,13 @@ class Suggestion(BaseModel):
     source: str
 
 
+class FlagOut(BaseModel):
+    kind: str = Field(description="label_issue | conflict | duplicate | outlier")
+    detail: str
+    other: int | None = Field(None, description="duplicate and conflict: the image it pairs with (what "
+                                                "POST .../not-duplicates marks)")
+
+
 class ImageOut(BaseModel):
     id: int
     name: str
@@ -86,10 +93,15 @@ class ImageOut(BaseModel):
     width: int | None
     height: int | None
     suggestion: Suggestion | None
-    hints: list[list[Any]] = Field(default_factory=list, description="[label, score] of the ImageNet model's "
-                                                                       "top guesses")
-    flags: list[dict[str, str]] = Field(default_factory=list, description="what the data checks found: kind "
-                                        "(label_issue, conflict, duplicate, outlier) and detail")
+    imagenet_guesses: list[list[Any]] = Field(
+        default_factory=list, description="[name, probability] of the ImageNet model's top guesses (ImageNet "
+                                          "class names), while they are the suggestions (before the probe)")
+    probe_scores: list[list[Any]] = Field(
+        default_factory=list, description="[class, probability] of the project's classes the probe ranks first, "
+                                          "when the suggestion is the probe's")
+    hints: list[list[Any]] = Field(default_factory=list, deprecated=True,
+                                   description="deprecated: whichever of imagenet_guesses and probe_scores is set")
+    flags: list[FlagOut] = Field(default_factory=list, description="what the data checks found")
 
 
 class ImagePage(BaseModel):
@@ -120,13 +132,38 @@ class Reject(BaseModel):
     error: str
 
 
-class ImportOut(BaseModel):
+class ImportSummary(BaseModel):
     id: int
+    kind: str = Field(description="path (a folder or dataset file of the machine) | upload")
+    source: str
     status: str = Field(description="running | done | failed | interrupted")
     total: int | None = None
     added: int
     duplicates: int
+    rejected_count: int = Field(description="files rejected (all of them; ``rejected`` lists the first 1,000)")
+    created: float
+    finished: float | None = None
+    error: str | None = None
+
+
+class ImportOut(ImportSummary):
     rejected: list[Reject]
+
+
+class ClassCounts(BaseModel):
+    name: str
+    labelled: int = Field(description="images labelled with the class")
+    suggested: int = Field(description="unlabelled images suggested as the class")
+
+
+class CountsOut(BaseModel):
+    all: int
+    labelled: int
+    unlabelled: int
+    uncertain: int = Field(description="the uncertain queue: the unlabelled images, most uncertain first")
+    errors: int = Field(description="the review queue of likely label errors, conflicts, duplicates, outliers")
+    duplicates: int = Field(description="the review queue of duplicates and conflicting copies")
+    classes: list[ClassCounts]
 
 
 # ---- projects and classes ------------------------------------------------------------------------------
@@ -197,10 +234,20 @@ def list_images(request: Request, pid: int,
                 label: str | None = None, suggested: str | None = None,
                 order: Literal["added", "uncertain", "name"] = "added",
                 queue: Literal["errors", "duplicates"] | None = None,
-                limit: int = Query(100, ge=1, le=projects.MAX_LIMIT), offset: int = Query(0, ge=0)):
+                limit: int = Query(100, ge=1, le=projects.MAX_LIMIT), offset: int = Query(0, ge=0),
+                after: int | None = Query(None, ge=1, le=2**63 - 1,
+                                          description="a cursor: the images after this one in the list's order"),
+                ids: str | None = Query(None, pattern=r"^\d{1,18}(,\d{1,18})*$", max_length=50_000,
+                                        description="only these images (comma-separated ids)")):
     page = projects.list_images(studio(request).db, pid, status=status, label=label, suggested=suggested,
-                                order=order, limit=limit, offset=offset, queue=queue)
+                                order=order, limit=limit, offset=offset, queue=queue, after=after,
+                                ids=[int(i) for i in ids.split(",")] if ids else None)
     return {"items": page.items, "total": page.total}
+
+
+@router.get("/projects/{pid}/counts", response_model=CountsOut, summary="How many images each list holds")
+def counts(request: Request, pid: int):
+    return projects.queue_counts(studio(request).db, pid)
 
 
 @router.get("/projects/{pid}/images/{iid}", response_model=ImageOut)
@@ -337,6 +384,12 @@ async def _import_upload(s: Studio, pid: int, request: Request) -> dict[str, Any
         raise UploadError(422, "no files: send images (or zip archives) as multipart field 'files'")
     imports.finish_import(s.db, import_id)
     return imports.import_status(s.db, import_id)
+
+
+@router.get("/projects/{pid}/imports", response_model=list[ImportSummary], summary="The project's imports, "
+                                                                                  "newest first")
+def list_imports(request: Request, pid: int, limit: int = Query(100, ge=1, le=projects.MAX_LIMIT)):
+    return imports.imports_of(studio(request).db, pid, limit)
 
 
 @router.get("/projects/{pid}/imports/{import_id}", response_model=ImportOut)

@@ -91,6 +91,10 @@ def create_app(settings: StudioSettings | None = None, studio: Studio | None = N
     async def imclass_error(request: Request, exc: ImclassError):
         return error(422, str(exc))
 
+    @app.exception_handler(OverflowError)
+    async def out_of_range(request: Request, exc: OverflowError):  # an id beyond SQLite's 64-bit integers
+        return error(422, "a number in the request is out of range")
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         return error(422, [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()])
@@ -103,11 +107,12 @@ def create_app(settings: StudioSettings | None = None, studio: Studio | None = N
     def healthz():
         return {"status": "ok"}
 
-    from . import api, assist_api, pages, runs_api
+    from . import api, assist_api, pages, run_pages, runs_api
 
     app.include_router(api.router)
     app.include_router(runs_api.router)
     app.include_router(assist_api.router)
+    app.include_router(run_pages.router)  # Studio II pages: train, runs, compare, review
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

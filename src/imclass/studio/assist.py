@@ -15,9 +15,12 @@ loop; every piece is short, so a stop is honoured within about a second):
   (``request_retrain``); each probe is recorded (``probes``) with an out-of-fold accuracy estimate;
 - after each retrain, with 20 labelled images or more, the data checks (``imclass.audit`` on the labelled
   images and their cached embeddings) fill the review queues (``flags``): likely label errors (cleanlab),
-  verified near-duplicates and duplicates with conflicting labels, outliers.
+  verified near-duplicates and duplicates with conflicting labels, outliers. A pair a person marked "not a
+  duplicate" (:func:`mark_not_duplicate`, kept in ``DATA/marks/project-<pid>.not-duplicates.csv``) is never
+  paired again; a mark also asks for the checks to run again (``recheck``).
 
-``status(db, pid, settings)`` is what ``GET /api/v1/projects/{pid}/assist`` answers.
+``status(db, pid, settings)`` is what ``GET /api/v1/projects/{pid}/assist`` answers; :data:`activity` says what
+the worker of this process is doing (its heartbeat carries it).
 """
 
 from __future__ import annotations
@@ -46,10 +49,14 @@ CHUNK = 64
 REFRESH_CHUNK = 1024
 #: Guesses of the ImageNet model kept as hints; classes kept in a probe suggestion's ``topk``.
 TOP_K = 5
-#: The probe's inverse regularisation strength times the feature dimension (standardised features): the first
-#: is the audit label check's (C = 2.5 / 1280 ~ 0.002 for the default backbone, the best of 0.002-1 on
-#: flowers5), used when there are too few labels to choose; else the one with the lowest out-of-fold log loss.
+#: The probe's inverse regularisation strength times the feature dimension: the first is used when there are
+#: too few labels to choose, else the one with the lowest out-of-fold log loss.
 PROBE_C_PER_DIM = (2.5, 12.8, 64.0)
+#: How the probe scales its features (:func:`imclass.fit_head`): centred and divided by one overall deviation.
+#: Per-dimension standardisation, estimated from a few labels per class, amplifies noise: on flowers5 (5
+#: classes, 8 random draws) it gave 0.37 / 0.51 / 0.62 accuracy with 3 / 7 / 20 labels per class against
+#: 0.49 / 0.56 / 0.63 with one scale (and the C above hardly matters either way).
+PROBE_SCALE = "global"
 #: Above this many labelled images the probe keeps the first C (no search: retrains stay a few seconds).
 C_SEARCH_MAX = 2000
 #: Labelled images needed before the data checks run after a retrain.
@@ -68,6 +75,16 @@ JOB_QUEUE = "assist"
 
 class _Stopped(Exception):
     pass
+
+
+#: What this process's worker is doing now (``doing``: idle | embedding | suggesting | retraining | checking,
+#: ``project``) and has done since it started (``embedded`` images, ``retrains``, ``checks``): the worker's
+#: heartbeat reports it.
+activity: dict[str, Any] = {"doing": "idle", "project": None, "embedded": 0, "retrains": 0, "checks": 0}
+
+
+def _doing(what: str, pid: int | None = None) -> None:
+    activity.update(doing=what, project=pid)
 
 
 # ---- what a project needs now --------------------------------------------------------------------------
@@ -310,8 +327,10 @@ def _embed_chunk(db: Database, snap: Snapshot, settings, stop: threading.Event, 
                       ORDER BY i.id LIMIT ?""", (snap.pid, CHUNK))
     if not rows or stop.is_set():
         return False
+    _doing("embedding", snap.pid)
     t0 = time.perf_counter()
     x, errors = vectors([r["path"] for r in rows], [r["sha256"] for r in rows])
+    activity["embedded"] += len(rows)
     log.debug("project %d: embedded %d images in %.2fs", snap.pid, len(rows), time.perf_counter() - t0)
     ok = [i for i, e in enumerate(errors) if e is None]
     out = {rows[i]["id"]: s for i, s in zip(ok, _suggest(settings, snap, x[ok]))} if ok else {}
@@ -330,6 +349,7 @@ def _refresh_chunk(db: Database, snap: Snapshot, settings, stop: threading.Event
                   [snap.pid, *params, REFRESH_CHUNK])
     if not rows:
         return False
+    _doing("suggesting", snap.pid)
     if snap.mode == "imagenet" and all(r["source"] == "imagenet" for r in rows):
         # the classes changed: match the stored guesses again, no embeddings needed
         fp = class_fingerprint(snap.classes)
@@ -493,6 +513,7 @@ def _retrain(db: Database, snap: Snapshot, settings, stop: threading.Event) -> b
     from ..api import fit_head
 
     started = time.time()  # label changes from now on count towards the next retrain
+    _doing("retraining", snap.pid)
     rows, labels = _labelled_rows(db, snap.pid)
     try:
         x, errors = vectors([r["path"] for r in rows], [r["sha256"] for r in rows], stop)
@@ -510,7 +531,7 @@ def _retrain(db: Database, snap: Snapshot, settings, stop: threading.Event) -> b
     except _Stopped:
         return True
     head = fit_head(x, y, None, None, num_classes=len(snap.classes), multi_label=snap.multi, balanced=True,
-                    grid=(c,))
+                    grid=(c,), scale=PROBE_SCALE)
     try:
         with db.tx() as con:
             probe_id = int(con.execute(
@@ -529,6 +550,7 @@ def _retrain(db: Database, snap: Snapshot, settings, stop: threading.Event) -> b
         if old != path:
             old.unlink(missing_ok=True)
     _finish_requests(db, snap.pid, started, probe=probe_id)
+    activity["retrains"] += 1
     log.info("project %d: probe %d on %d labels (%d classes), out-of-fold accuracy %s, %.1fs", snap.pid, probe_id,
              len(x), len(snap.classes), "n/a" if accuracy is None else f"{accuracy:.3f}", time.time() - started)
     return True
@@ -566,7 +588,7 @@ def choose_c(x: np.ndarray, y: np.ndarray, multi: bool, k_classes: int, stop: th
                 raise _Stopped
             held = fold == f
             head = fit_head(x[~held], y[~held], None, None, num_classes=k_classes, multi_label=multi,
-                            balanced=True, grid=(c,))
+                            balanced=True, grid=(c,), scale=PROBE_SCALE)
             z[held] = head.logits(x[held])
         loss, acc = _scores(z, y, multi)
         if best is None or loss < best[0] - 1e-9:
@@ -593,6 +615,9 @@ def _scores(z: np.ndarray, y: np.ndarray, multi: bool) -> tuple[float, float]:
 def _audit_due(db: Database, snap: Snapshot) -> bool:
     if snap.mode != "probe" or snap.labelled < AUDIT_MIN_LABELLED:
         return False
+    if db.one("SELECT 1 FROM jobs WHERE project_id = ? AND queue = ? AND kind = 'recheck' AND status = 'queued'",
+              (snap.pid, JOB_QUEUE)) is not None:
+        return True
     return db.one("SELECT 1 FROM jobs WHERE project_id = ? AND queue = ? AND kind = 'audit' AND params = ?",
                   (snap.pid, JOB_QUEUE, json.dumps({"probe": snap.probe["id"]}))) is None
 
@@ -604,6 +629,7 @@ def _audit(db: Database, snap: Snapshot, settings, stop: threading.Event) -> Non
     from ..api import Dataset, audit
 
     started = time.time()
+    _doing("checking", snap.pid)
     with db.tx() as con:
         job = int(con.execute("INSERT INTO jobs (project_id, queue, kind, params, status, created, started) "
                               "VALUES (?, ?, 'audit', ?, 'running', ?, ?)",
@@ -620,9 +646,8 @@ def _audit(db: Database, snap: Snapshot, settings, stop: threading.Event) -> Non
             "sha256": [r["sha256"] for r in rows], "width": [r["width"] for r in rows],
             "height": [r["height"] for r in rows], "mode": None, "format": None,
             "bytes": [r["bytes"] for r in rows], "error": None})
-        # the source names where "not a duplicate" marks of the project live (none yet: nothing is read)
-        marks = Path(settings.data_dir) / "marks" / f"project-{snap.pid}.csv"
-        ds = Dataset(table, list(snap.classes), snap.multi, source=str(marks))
+        # the source names where the project's "not a duplicate" marks live (read by the duplicate search)
+        ds = Dataset(table, list(snap.classes), snap.multi, source=str(marks_source(settings, snap.pid)))
 
         def check_stop(stage: str, done: int, total: int) -> None:
             if stop.is_set():
@@ -643,26 +668,32 @@ def _audit(db: Database, snap: Snapshot, settings, stop: threading.Event) -> Non
     with db.tx() as con:
         con.execute(f"DELETE FROM flags WHERE project_id = ? AND kind IN ({','.join('?' * len(FLAG_KINDS))})",
                     (snap.pid, *FLAG_KINDS))
-        con.executemany("INSERT OR REPLACE INTO flags (image_id, project_id, kind, detail, rank) "
-                        "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id = ?)",
-                        [(iid, snap.pid, kind, detail, rank, iid) for iid, kind, detail, rank in flags])
+        con.executemany("INSERT OR REPLACE INTO flags (image_id, project_id, kind, detail, rank, other) "
+                        "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id = ?)",
+                        [(iid, snap.pid, kind, detail, rank, other, iid)
+                         for iid, kind, detail, rank, other in flags])
+        con.execute("UPDATE jobs SET status = 'done', finished = ? WHERE project_id = ? AND queue = ? AND "
+                    "kind = 'recheck' AND status = 'queued' AND created <= ?",
+                    (time.time(), snap.pid, JOB_QUEUE, started))
         # label changes after ``started`` make the label flags of those images stale (see _forget_reviewed_flags)
         con.execute("UPDATE jobs SET status = 'done', result = ?, finished = ? WHERE id = ?",
                     (json.dumps({kind: sum(f[1] == kind for f in flags) for kind in FLAG_KINDS}), time.time(), job))
+    activity["checks"] += 1
     log.info("project %d: data checks on %d labelled images, %d flags, %.1fs", snap.pid, len(rows), len(flags),
              time.time() - started)
 
 
-def audit_flags(res, rows: list[Any], labels: dict[int, list[str]]) -> list[tuple[int, str, str, float]]:
-    """``(image_id, kind, detail, rank)`` of an audit's findings (``rows``: the images audited, in order)."""
+def audit_flags(res, rows: list[Any], labels: dict[int, list[str]]) -> list[tuple[int, str, str, float, int | None]]:
+    """``(image_id, kind, detail, rank, other)`` of an audit's findings (``rows``: the images audited, in order;
+    ``other``: the image a duplicate or conflict pairs with)."""
     by_path: dict[str, int] = {r["path"]: r["id"] for r in rows}
     name = {r["id"]: r["name"] for r in rows}
-    out: dict[tuple[int, str], tuple[str, float]] = {}
+    out: dict[tuple[int, str], tuple[str, float, int | None]] = {}
 
-    def add(path: str, kind: str, detail: str, rank: float) -> None:
+    def add(path: str, kind: str, detail: str, rank: float, other: str | None = None) -> None:
         iid = by_path.get(path)
         if iid is not None and ((iid, kind) not in out or rank < out[(iid, kind)][1]):
-            out[(iid, kind)] = (detail, rank)
+            out[(iid, kind)] = (detail, rank, None if other is None else by_path.get(other))
 
     def labs(path: str) -> str:
         return ", ".join(labels.get(by_path.get(path, -1), [])) or "unlabelled"
@@ -674,7 +705,7 @@ def audit_flags(res, rows: list[Any], labels: dict[int, list[str]]) -> list[tupl
             if other is not None:
                 what = "copy" if g.get("kind") == "exact" else "near-duplicate"
                 add(p, "conflict", f"{what} of {name[by_path[other]]}, labelled {labs(other)} there and {labs(p)} "
-                                   "here", RANK_CONFLICT + i / (len(res.conflicts) + 1))
+                                   "here", RANK_CONFLICT + i / (len(res.conflicts) + 1), other)
     groups = [(g["paths"], "copy") for g in res.exact_duplicates] + \
              [(g["paths"], "near-duplicate") for g in res.near_duplicates]
     for i, (paths, what) in enumerate(groups):
@@ -682,7 +713,7 @@ def audit_flags(res, rows: list[Any], labels: dict[int, list[str]]) -> list[tupl
             other = next((q for q in paths if q != p), None)
             if other is not None and other in by_path:
                 add(p, "duplicate", f"{what} of {name[by_path[other]]} (labelled {labs(other)})",
-                    RANK_DUPLICATE + i / (len(groups) + 1))
+                    RANK_DUPLICATE + i / (len(groups) + 1), other)
     for issue in res.label_issues:
         top = dict((c, v) for c, v in issue.get("top", []))
         said = issue["suggested"]
@@ -696,7 +727,7 @@ def audit_flags(res, rows: list[Any], labels: dict[int, list[str]]) -> list[tupl
         add(o["path"], "outlier", f"unlike the other labelled images (distance to its neighbours {score:.2f}"
                                   + (f", most are below {fence:.2f})" if fence is not None else ")"),
             RANK_OUTLIER + 1.0 / (1.0 + score))
-    return [(iid, kind, detail, round(rank, 6)) for (iid, kind), (detail, rank) in out.items()]
+    return [(iid, kind, detail, round(rank, 6), other) for (iid, kind), (detail, rank, other) in out.items()]
 
 
 def _forget_reviewed_flags(db: Database, pid: int) -> None:
@@ -713,3 +744,43 @@ def _forget_reviewed_flags(db: Database, pid: int) -> None:
     with db.tx() as con:
         con.execute(f"DELETE FROM flags WHERE kind IN ('label_issue', 'conflict') AND image_id IN ({stale})",
                     (pid, last["started"]))
+
+
+# ---- "not a duplicate" --------------------------------------------------------------------------------------
+
+def marks_source(settings, pid: int) -> Path:
+    """The dataset source the project's audits name: its marks are ``DATA/marks/project-<pid>.not-duplicates.csv``
+    (:func:`imclass.data.marks.marks_path`)."""
+    return Path(settings.data_dir) / "marks" / f"project-{pid}.csv"
+
+
+def mark_not_duplicate(db: Database, settings, pid: int, a: int, b: int) -> dict[str, Any]:
+    """A person decided images ``a`` and ``b`` are different photos: the mark is kept (by content), the flags
+    that pair them go now, and the checks are asked to run again (the other members of a group are re-judged);
+    no later check pairs them again."""
+    from ..data.marks import mark_not_duplicates, marks_path
+    from ..errors import ParameterError
+
+    if a == b:
+        raise ParameterError("images", "must be two different images")
+    rows = {r["id"]: r for r in db.all("SELECT id, sha256, name FROM images WHERE project_id = ? AND id IN (?, ?)",
+                                       (pid, a, b))}
+    for iid in (a, b):
+        if iid not in rows:
+            if db.one("SELECT 1 FROM projects WHERE id = ?", (pid,)) is None:
+                raise NotFound(f"no project {pid}")
+            raise NotFound(f"no image {iid} in project {pid}")
+    source = marks_source(settings, pid)
+    source.parent.mkdir(parents=True, exist_ok=True)
+    mark_not_duplicates(source, [(rows[a]["sha256"], rows[b]["sha256"], rows[a]["name"], rows[b]["name"])])
+    with db.tx() as con:
+        removed = con.execute("DELETE FROM flags WHERE project_id = ? AND kind IN ('duplicate', 'conflict') AND "
+                              "((image_id = ? AND other = ?) OR (image_id = ? AND other = ?))",
+                              (pid, a, b, b, a)).rowcount
+        row = con.execute("SELECT id FROM jobs WHERE project_id = ? AND queue = ? AND kind = 'recheck' AND "
+                          "status = 'queued'", (pid, JOB_QUEUE)).fetchone()
+        job = int(row[0]) if row is not None else int(con.execute(
+            "INSERT INTO jobs (project_id, queue, kind, params, status, created) VALUES (?, ?, 'recheck', ?, "
+            "'queued', ?)", (pid, JOB_QUEUE, json.dumps({"pair": [a, b]}), time.time())).lastrowid)
+    return {"images": [a, b], "flags_removed": int(removed), "recheck": job,
+            "marks": str(marks_path(source))}

@@ -176,6 +176,14 @@ MIGRATIONS: list[str] = [
         created REAL NOT NULL, finished REAL
     );
     """,
+    # 4: the image a duplicate or conflict flag pairs with (what "not a duplicate" marks)
+    """
+    ALTER TABLE flags ADD COLUMN other INTEGER
+    """,
+    # 5: the score "unknown" is decided on (a model's known_score; older runs: NULL, their confidence is it)
+    """
+    ALTER TABLE run_predictions ADD COLUMN known REAL
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -67,9 +67,21 @@ def import_status(db: Database, import_id: int) -> dict[str, Any]:
         raise projects.NotFound(f"no import {import_id}")
     rejects = [{"name": r["name"], "error": r["error"]}
                for r in db.all("SELECT name, error FROM rejects WHERE import_id = ? LIMIT 1000", (import_id,))]
+    return {**_summary(row), "rejected": rejects}
+
+
+def _summary(row) -> dict[str, Any]:
     return {"id": row["id"], "project_id": row["project_id"], "kind": row["kind"], "source": row["source"],
             "status": row["status"], "total": row["total"], "added": row["added"], "duplicates": row["duplicates"],
-            "rejected": rejects, "rejected_count": row["rejected"], "error": row["error"]}
+            "rejected_count": row["rejected"], "created": row["created"], "finished": row["finished"],
+            "error": row["error"]}
+
+
+def imports_of(db: Database, pid: int, limit: int = 100) -> list[dict[str, Any]]:
+    """A project's imports, newest first, with their status and counts (not the rejected files' names)."""
+    projects.project(db, pid)
+    return [_summary(r) for r in db.all("SELECT * FROM imports WHERE project_id = ? ORDER BY id DESC LIMIT ?",
+                                        (pid, limit))]
 
 
 def interrupt_running(db: Database) -> int:

@@ -40,6 +40,7 @@ PROJECT_PAGES: list[NavPage] = [
     NavPage("overview", "Overview", ""),
     NavPage("label", "Label", "/label"),
     NavPage("grid", "Grid", "/grid"),
+    NavPage("train", "Train", "/train"),  # Studio II: run_pages.py (train, runs, evaluation, compare)
 ]
 
 #: The label view's queues: name -> (title, query of GET .../images). ``label:<class>`` and
@@ -60,7 +61,7 @@ FLAG_NAMES = {"label_issue": "Possible label error", "conflict": "Conflicting la
 def _static_version() -> str:
     """A short hash of the studio's own script and style: their URLs change when they do (no stale caches)."""
     h = hashlib.sha256()
-    for name in ("studio.js", "studio.css", "htmx.min.js"):
+    for name in ("studio.js", "studio.css", "htmx.min.js", "runs.js", "runs.css"):
         p = STATIC / name
         if p.exists():
             h.update(p.read_bytes())
@@ -129,6 +130,16 @@ def _review_counts(request: Request, pid: int) -> dict[str, int]:
 
 # ---- the label view ----------------------------------------------------------------------------------------
 
+def list_counts(counts: dict[str, Any]) -> dict[str, int]:
+    """Images per list of the label view and the grid, by queue name (``label:<class>``, ``suggested:<class>``
+    per class), from :func:`imclass.studio.projects.queue_counts` (also what ``GET .../counts`` answers)."""
+    out = {k: int(counts[k]) for k in ("all", "labelled", "unlabelled", "uncertain", "errors", "duplicates")}
+    for c in counts["classes"]:
+        out[f"label:{c['name']}"] = int(c["labelled"])
+        out[f"suggested:{c['name']}"] = int(c["suggested"])
+    return out
+
+
 def queue_query(queue: str, classes: list[str]) -> tuple[str, dict[str, str]] | None:
     """``(title, image-list query)`` of a queue name, or None for an unknown one."""
     if queue in QUEUES:
@@ -159,7 +170,7 @@ def label_page(request: Request, pid: int, queue: str = "unlabelled", image: int
     config = {"pid": pid, "task": project["task"], "classes": classes, "queue": queue, "title": title,
               "query": query, "image": image}
     return render(request, "label.html", "label", project, queue=queue, queue_title=title, queues=queues,
-                  config=config, problem=problem)
+                  config=config, problem=problem, counts=list_counts(projects.queue_counts(_db(request), pid)))
 
 
 # ---- the grid ------------------------------------------------------------------------------------------------
@@ -200,14 +211,14 @@ def grid_page(request: Request, pid: int, status: str = "all", label: str = "", 
         return f"/projects/{pid}/grid?" + urlencode({**kept, **({"page": n} if n > 1 else {})})
 
     presets = [
-        ("Unlabelled", {"status": "unlabelled"}),
-        ("All", {}),
-        ("Most uncertain", {"status": "unlabelled", "order": "uncertain"}),
-        ("Likely label errors", {"queue": "errors"}),
-        ("Duplicates", {"queue": "duplicates"}),
+        ("Unlabelled", {"status": "unlabelled"}, "unlabelled"),
+        ("All", {}, "all"),
+        ("Most uncertain", {"status": "unlabelled", "order": "uncertain"}, "uncertain"),
+        ("Likely label errors", {"queue": "errors"}, "errors"),
+        ("Duplicates", {"queue": "duplicates"}, "duplicates"),
     ]
     presets_out = [{"title": t, "url": f"/projects/{pid}/grid" + (f"?{urlencode(q)}" if q else ""),
-                    "active": q == kept} for t, q in presets]
+                    "active": q == kept, "count_key": key} for t, q, key in presets]
     # The label view opened from a tile walks the same images when a queue matches the filter.
     label_queue = ("errors" if queue == "errors" else "duplicates" if queue == "duplicates"
                    else f"label:{label}" if label and not suggested else
@@ -218,7 +229,8 @@ def grid_page(request: Request, pid: int, status: str = "all", label: str = "", 
                   page_no=min(page, pages), pages=pages, filters=filters, problems=problems, presets=presets_out,
                   prev_url=page_url(page - 1) if page > 1 else None,
                   next_url=page_url(page + 1) if page < pages else None,
-                  first=(page - 1) * GRID_PAGE, config=config, thumb=GRID_THUMB)
+                  first=(page - 1) * GRID_PAGE, config=config, thumb=GRID_THUMB,
+                  counts=list_counts(projects.queue_counts(_db(request), pid)))
 
 
 # ---- login ---------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ ORDERS = ("added", "uncertain", "name")
 #: Review queues: images the data checks flagged (see assist.py), as flag kinds.
 QUEUES = {"errors": ("label_issue", "conflict", "outlier", "duplicate"), "duplicates": ("duplicate", "conflict")}
 MAX_LIMIT = 1000
+#: The uncertain order's key of an image without a margin (none yet): after every margin (they are <= 1).
+NO_MARGIN = 1e18
 
 
 class NotFound(ImclassError):
@@ -230,13 +232,17 @@ def _image_dict(db: Database, row, labels: list[str] | None = None) -> dict[str,
     if labels is None:
         labels = _labels_in_tx(db.connection(), row["id"])
     sug = db.one("SELECT label, score, margin, source, topk FROM suggestions WHERE image_id = ?", (row["id"],))
-    flags = [{"kind": f["kind"], "detail": f["detail"]}
-             for f in db.all("SELECT kind, detail FROM flags WHERE image_id = ? ORDER BY rank", (row["id"],))]
+    flags = [{"kind": f["kind"], "detail": f["detail"], "other": f["other"]}
+             for f in db.all("SELECT kind, detail, other FROM flags WHERE image_id = ? ORDER BY rank", (row["id"],))]
+    topk = [] if sug is None else json.loads(sug["topk"])
+    source = None if sug is None else sug["source"]
     return {"id": row["id"], "name": row["name"], "sha256": row["sha256"], "labels": labels, "flags": flags,
             "version": row["version"], "split": row["split"], "width": row["width"], "height": row["height"],
             "suggestion": None if sug is None or sug["label"] is None else
             {"label": sug["label"], "score": sug["score"], "source": sug["source"]},
-            "hints": [] if sug is None else json.loads(sug["topk"])}
+            "imagenet_guesses": topk if source == "imagenet" else [],
+            "probe_scores": topk if source == "probe" else [],
+            "hints": topk}
 
 
 def set_labels(db: Database, pid: int, iid: int, labels: list[str], version: int | None = None,
@@ -317,11 +323,16 @@ def undo(db: Database, pid: int, iid: int) -> dict[str, Any]:
 
 def list_images(db: Database, pid: int, *, status: str = "all", label: str | None = None,
                 suggested: str | None = None, order: str = "added", limit: int = 100, offset: int = 0,
-                ids: list[int] | None = None, queue: str | None = None) -> Page:
+                ids: list[int] | None = None, queue: str | None = None, after: int | None = None) -> Page:
     """A page of images. ``status``: all | labelled | unlabelled; ``label``: images with that class;
     ``suggested``: images whose suggestion is that class; ``order``: added | uncertain (smallest margin of the
     suggestion first) | name; ``queue``: errors (likely label errors, conflicts, duplicates, outliers) |
-    duplicates, most suspicious first."""
+    duplicates, most suspicious first.
+
+    ``after``: a cursor, the id of an image of the project: only the images that come after it in this order
+    (by its place in the order now, whether or not it is still in the list), so that paging on stays right
+    while images join or leave the list. An image with no place in the review order (no flags now) puts the
+    cursor at the start. ``total`` is the size of the whole list."""
     if status not in STATUSES:
         raise ParameterError("status", f"must be one of {', '.join(STATUSES)}")
     if order not in ORDERS:
@@ -357,11 +368,21 @@ def list_images(db: Database, pid: int, *, status: str = "all", label: str | Non
                      f"({','.join('?' * len(kinds))}))")
         params.extend(kinds)
         order = "flags"
-    order_sql = {"added": "i.id", "name": "i.name, i.id", "flags": f"{flag_rank}, i.id",
-                 "uncertain": "CASE WHEN s.margin IS NULL THEN 1 ELSE 0 END, s.margin, i.id"}[order]
+    # the sort key of each order (no margin: after every margin; the id breaks ties)
+    key_sql = {"added": "i.id", "name": "i.name, i.id", "flags": f"{flag_rank}, i.id",
+               "uncertain": f"COALESCE(s.margin, {NO_MARGIN}), i.id"}[order]
     base = f"FROM images i LEFT JOIN suggestions s ON s.image_id = i.id WHERE {' AND '.join(where)}"
     total = int(db.scalar(f"SELECT COUNT(*) {base}", params))
-    rows = db.all(f"SELECT i.* {base} ORDER BY {order_sql} LIMIT ? OFFSET ?", [*params, limit, offset])
+    cursor = ""
+    if after is not None:
+        key = db.one(f"SELECT {key_sql} FROM images i LEFT JOIN suggestions s ON s.image_id = i.id "
+                     "WHERE i.id = ? AND i.project_id = ?", (after, pid))
+        if key is None:
+            raise NotFound(f"no image {after} in project {pid} (the cursor 'after')")
+        if key[0] is not None:
+            cursor = f" AND ({key_sql}) > ({', '.join('?' * len(key))})"
+            params = [*params, *key]
+    rows = db.all(f"SELECT i.* {base}{cursor} ORDER BY {key_sql} LIMIT ? OFFSET ?", [*params, limit, offset])
     labels = _labels_of(db, [r["id"] for r in rows])
     return Page([_image_dict(db, r, labels.get(r["id"], [])) for r in rows], total)
 
@@ -374,6 +395,25 @@ def _labels_of(db: Database, ids: list[int]) -> dict[int, list[str]]:
                         WHERE l.image_id IN ({','.join('?' * len(ids))}) ORDER BY c.position""", ids):
         out.setdefault(r[0], []).append(r[1])
     return out
+
+
+def queue_counts(db: Database, pid: int) -> dict[str, Any]:
+    """How many images each list of the label view and the grid holds: all, labelled, unlabelled, uncertain
+    (the unlabelled ones, most uncertain first), errors and duplicates (the review queues), and per class the
+    images labelled with it and the unlabelled ones suggested as it."""
+    info = project(db, pid)
+    flagged = {}
+    for name, kinds in QUEUES.items():
+        flagged[name] = int(db.scalar(f"SELECT COUNT(DISTINCT image_id) FROM flags WHERE project_id = ? AND kind IN "
+                                      f"({','.join('?' * len(kinds))})", (pid, *kinds)) or 0)
+    suggested = {r[0]: int(r[1]) for r in db.all(
+        """SELECT s.label, COUNT(*) FROM suggestions s JOIN images i ON i.id = s.image_id
+           WHERE s.project_id = ? AND s.label IS NOT NULL AND i.project_id = ?
+           AND NOT EXISTS (SELECT 1 FROM image_labels l WHERE l.image_id = i.id) GROUP BY s.label""", (pid, pid))}
+    return {"all": info["images"], "labelled": info["labelled"], "unlabelled": info["unlabelled"],
+            "uncertain": info["unlabelled"], **flagged,
+            "classes": [{"name": c["name"], "labelled": c["images"], "suggested": suggested.get(c["name"], 0)}
+                        for c in info["classes"]]}
 
 
 def labelled_rows(db: Database, pid: int) -> list[dict[str, Any]]:

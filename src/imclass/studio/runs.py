@@ -141,7 +141,9 @@ def predictions(db: Database, rid: int, true: str | None = None, predicted: str 
     rows = db.all(f"""SELECT p.*, i.name FROM run_predictions p JOIN images i ON i.id = p.image_id
                       WHERE {' AND '.join(where)} ORDER BY p.loss DESC LIMIT ?""", [*params, limit])
     return [{"image_id": r["image_id"], "name": r["name"], "true": r["true_label"], "predicted": r["predicted"],
-             "confidence": r["confidence"], "correct": bool(r["correct"]), "loss": r["loss"]} for r in rows]
+             "confidence": r["confidence"], "correct": bool(r["correct"]), "loss": r["loss"],
+             # what the unknown threshold compares with: the model's known_score (runs before it: the confidence)
+             "known": r["known"] if r["known"] is not None else r["confidence"]} for r in rows]
 
 
 def compare(db: Database, a: int, b: int) -> dict[str, Any]:
@@ -177,8 +179,9 @@ def claim(db: Database) -> int | None:
         return int(row[0])
 
 
-def write_dataset(db: Database, pid: int, path: Path) -> dict[int, str]:
-    """The project's labelled images as a CSV ``imclass train`` reads; returns image id -> path."""
+def write_dataset(db: Database, pid: int, path: Path, val: set[str] | None = None) -> dict[int, str]:
+    """The project's labelled images as a CSV ``imclass train`` reads; returns image id -> path. Images
+    without a split of their own whose (resolved) path is in ``val`` are validation images."""
     info = projects.project(db, pid)
     rows = [r for r in projects.labelled_rows(db, pid) if r["labels"]]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,8 +189,19 @@ def write_dataset(db: Database, pid: int, path: Path) -> dict[int, str]:
         w = csv.writer(f)
         w.writerow(["filename", "labels" if info["task"] == "multi_label" else "label", "split"])
         for r in rows:
-            w.writerow([r["path"], ";".join(r["labels"]), r["split"]])
+            split = r["split"] or ("val" if val and str(Path(r["path"]).resolve()) in val else "")
+            w.writerow([r["path"], ";".join(r["labels"]), split])
     return {r["id"]: r["path"] for r in rows}
+
+
+def parent_val(data_dir: Path, parent: int | None) -> set[str]:
+    """The resolved paths of run ``parent``'s validation images (its ``splits.csv``): a retrain keeps them,
+    so that the two runs are compared on the same images."""
+    bundle = Path(data_dir) / "runs" / str(parent) / "bundle"
+    if parent is None or not (bundle / "splits.csv").is_file():
+        return set()
+    with open(bundle / "splits.csv", newline="", encoding="utf-8") as f:
+        return {str((bundle / r["filename"]).resolve()) for r in csv.DictReader(f) if r.get("split") == "val"}
 
 
 def execute(db: Database, data_dir: Path, rid: int, stop: threading.Event | None = None) -> None:
@@ -205,7 +219,7 @@ def execute(db: Database, data_dir: Path, rid: int, stop: threading.Event | None
     if not resuming:
         if folder.exists():
             shutil.rmtree(folder)
-        ids = write_dataset(db, pid, folder / "dataset.csv")
+        ids = write_dataset(db, pid, folder / "dataset.csv", val=parent_val(data_dir, current["parent"]))
     else:
         ids = {r["id"]: r["path"] for r in projects.labelled_rows(db, pid)}
     by_path = {p: i for i, p in ids.items()}
@@ -266,18 +280,27 @@ def execute(db: Database, data_dir: Path, rid: int, stop: threading.Event | None
 
 
 def _store_predictions(db: Database, rid: int, evaluation, by_path: dict[str, int]) -> None:
+    """The model's top answer per validation image, with its confidence: whether it is "unknown" is the
+    threshold's decision, which the run's page moves (an answer evaluated as "unknown" keeps its top class)."""
     t = evaluation.table
+    known = t["known_score"] if "known_score" in t else t["confidence"]
     rows = []
-    for path, true, pred, conf, correct, loss in zip(t["path"], t["true"], t["predicted"], t["confidence"],
-                                                     t["correct"], t["loss"]):
+    for i, (path, true, pred, conf, correct, loss) in enumerate(zip(t["path"], t["true"], t["predicted"],
+                                                                    t["confidence"], t["correct"], t["loss"])):
         iid = by_path.get(path)
         if iid is None:
             continue
+        if pred == "unknown" and "rejected" in t and t["rejected"].iloc[i]:
+            pred = evaluation.classes[int(evaluation.probabilities[i].argmax())]
+            correct = pred == true
+        k = known.iloc[i]
         rows.append((rid, iid, str(true), None if pred is None else str(pred),
-                     None if conf != conf else float(conf), int(bool(correct)), None if loss != loss else float(loss)))
+                     None if conf != conf else float(conf), int(bool(correct)), None if loss != loss else float(loss),
+                     None if k is None or k != k else float(k)))
     with db.tx() as con:
         con.execute("DELETE FROM run_predictions WHERE run_id = ?", (rid,))
-        con.executemany("INSERT INTO run_predictions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("INSERT INTO run_predictions (run_id, image_id, true_label, predicted, confidence, correct, "
+                        "loss, known) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def _probe_record(result, evaluation, by_path: dict[str, int]) -> dict[str, Any]:
@@ -285,6 +308,8 @@ def _probe_record(result, evaluation, by_path: dict[str, int]) -> dict[str, Any]
     t = evaluation.table.head(12)
     return {"epoch": 1, "val_accuracy": val.get("accuracy"), "val_loss": val.get("log_loss"),
             "val_macro_f1": val.get("macro_f1"),
+            "val_macro_precision": evaluation.metrics.get("macro_avg", {}).get("precision"),
+            "val_confidence": evaluation.metrics.get("confidence", {}).get("mean"),
             "preview": [{"path": p, "image_id": by_path.get(p), "true": tr, "predicted": pr,
                          "score": None if c != c else round(float(c), 4)}
                         for p, tr, pr, c in zip(t["path"], t["true"], t["predicted"], t["confidence"])]}

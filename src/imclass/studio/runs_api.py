@@ -158,14 +158,23 @@ def compare_runs(request: Request, rid: int, other: int) -> dict[str, Any]:
     return runs.compare(studio(request).db, rid, other)
 
 
-@router.get("/runs/{rid}/cams/{n}", summary="The n-th top-loss CAM overlay (PNG)")
-def run_cam(request: Request, rid: int, n: int):
+@router.get("/runs/{rid}/cams/{n}", summary="The n-th top-loss CAM overlay (PNG; a JPEG of at most size px)")
+def run_cam(request: Request, rid: int, n: int, size: int | None = Query(None, ge=32, le=2048)):
     db = studio(request).db
     ev = db.one("SELECT data FROM run_events WHERE run_id = ? AND kind = 'cams' ORDER BY id DESC", (rid,))
     overlays = json.loads(ev["data"])["overlays"] if ev else []
     if not 0 <= n < len(overlays) or not Path(overlays[n]["overlay"]).is_file():
         raise projects.NotFound(f"run {rid} has no overlay {n}")
-    return FileResponse(overlays[n]["overlay"], media_type="image/png")
+    if size is None:
+        return FileResponse(overlays[n]["overlay"], media_type="image/png")
+    from PIL import Image  # the overlay has the photo's own size: the pages ask for a small copy
+
+    with Image.open(overlays[n]["overlay"]) as img:
+        img = img.convert("RGB")
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+    return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 def _bundle(db, rid: int) -> Path:
@@ -196,7 +205,7 @@ def set_threshold(request: Request, rid: int, body: ThresholdIn) -> dict[str, An
     studio(request).models.pop(rid, None)
     preds = runs.predictions(db, rid, limit=100_000)
     t = body.threshold or 0.0
-    accepted = [p for p in preds if p["confidence"] is not None and p["confidence"] >= t]
+    accepted = [p for p in preds if p["known"] is not None and p["known"] >= t]
     return {"threshold": spec.unknown_threshold, "coverage": len(accepted) / len(preds) if preds else None,
             "accuracy": sum(p["correct"] for p in accepted) / len(accepted) if accepted else None}
 
@@ -280,8 +289,10 @@ def task_file(request: Request, tid: int):
 async def augment_preview(request: Request, pid: int, preset: Literal["none", "light", "default", "heavy"] = "default",
                           size: int = Query(160, ge=64, le=384), n: int = Query(8, ge=1, le=16)):
     s = studio(request)
-    rows = s.db.all("SELECT path FROM images WHERE project_id = ? ORDER BY id LIMIT 4", (pid,))
     projects.project(s.db, pid)
+    count = s.db.scalar("SELECT COUNT(*) FROM images WHERE project_id = ?", (pid,)) or 0
+    rows = [s.db.one("SELECT path FROM images WHERE project_id = ? ORDER BY id LIMIT 1 OFFSET ?", (pid, k * count // 4))
+            for k in range(min(4, count))]  # spread over the project (its first images may be of one class)
     if not rows:
         raise projects.NotFound(f"project {pid} has no images yet")
 

@@ -15,6 +15,15 @@ from .db import Database
 KINDS = ("export", "label_folder")
 
 
+def labels_csv_name(folder: str) -> str:
+    """The CSV a run's labelling of ``folder`` writes: one per folder, so that labelling it again resumes."""
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(folder).name)[:40] or "folder"
+    return f"labels-{stem}-{hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:8]}.csv"
+
+
 def create_task(db: Database, rid: int, kind: str, params: dict[str, Any]) -> int:
     with db.tx() as con:
         cur = con.execute("INSERT INTO tasks (run_id, kind, params, status, created) VALUES (?, ?, ?, 'queued', ?)",
@@ -55,10 +64,11 @@ def execute(db: Database, data_dir: Path, tid: int) -> None:
 
     def tick(done: int, total: int | None) -> None:
         now = time.monotonic()
-        if now - last[0] >= 0.5:
+        if total is not None or now - last[0] >= 0.5:  # the total is always written
             last[0] = now
             with db.tx() as con:
-                con.execute("UPDATE tasks SET done = ?, total = ? WHERE id = ?", (done, total, tid))
+                con.execute("UPDATE tasks SET done = ?, total = COALESCE(?, total) WHERE id = ?",
+                            (done, total, tid))
 
     try:
         if t["kind"] == "export":
@@ -73,11 +83,12 @@ def execute(db: Database, data_dir: Path, tid: int) -> None:
             result = {"path": str(res.path), "files": res.files, "parity": res.parity, "passed": res.passed,
                       "warnings": res.warnings, "file": archive}
         elif t["kind"] == "label_folder":
-            csv_path = run_dir / f"labels-{tid}.csv"
+            csv_path = run_dir / labels_csv_name(t["params"]["path"])  # per folder: a later task resumes it
             done = [0]
 
             def on_total(total: int, already: int) -> None:
-                tick(already, total)
+                done[0] += already
+                tick(done[0], total)
 
             def on_batch(preds) -> None:
                 done[0] += len(preds)

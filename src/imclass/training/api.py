@@ -25,14 +25,19 @@ IMBALANCE_AUTO = 3.0  # largest / smallest class count at which class weighting 
 
 def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfig | None = None,
           resume: bool = False, progress: Progress | None = None,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None, **options: Any):
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, strategy: Any = None,
+          track: str | None = None, track_uri: str | None = None, **options: Any):
     """Train a classifier on ``data`` (a :class:`~imclass.data.Dataset`, class folders or a CSV).
 
     Options are the fields of :class:`TrainConfig` (``mode="probe"|"finetune"|"scratch"``, ``backbone``,
     ``epochs``, ``augment``, ``seed``, ``unknown_coverage``...). Writes the bundle to ``out`` (when given)
     with ``metrics.json``, ``config.json``, ``splits.csv`` and ``curves.png``. Returns
     ``(Classifier, TrainResult)``. ``resume=True`` continues an interrupted fine-tuning run in ``out``;
-    ``progress(stage, done, total)`` and ``on_epoch(record)`` report while training.
+    ``progress(stage, done, total)`` and ``on_epoch(record)`` report while training. ``strategy``: one process of
+    a data-parallel run (:mod:`imclass.distributed.ddp`, which passes it; ``devices=N`` starts one); every process
+    but the main one returns ``(None, TrainResult)`` with the history once the fit is over. ``track``: ``mlflow`` or
+    ``tensorboard`` logs the run (:mod:`imclass.tracking`; ``track_uri``: the MLflow store or the event folder);
+    ``metrics["tracking"]`` then says where it went.
 
     >>> clf, result = imclass.train("flowers/", out="runs/flowers")
     >>> result.metrics["val"]["accuracy"]
@@ -55,20 +60,84 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
                      f"({'--balance on' if cfg.balance == 'on' else 'on by default at >= 3x'})")
     if out is not None and not resume and (Path(out) / "imclass.json").exists():
         raise ParameterError("out", f"{out} already holds a trained model; choose another (or delete it)")
-    trained = _run_mode(ds, cfg, balanced, progress, None if out is None else Path(out), resume, on_epoch)
-    notes += trained.notes
-    spec, metrics = _finish(ds, cfg, trained, notes)
-    seconds = time.perf_counter() - t0
-    metrics["seconds"] = round(seconds, 2)
-    metrics["images_per_second"] = round(trained.images / seconds, 2) if seconds else None
-    spec.metrics = metrics
-    result = TrainResult(out=None, metrics=metrics, config=cfg, history=trained.history, seconds=seconds,
-                         images=trained.images, notes=notes)
-    clf = Classifier(trained.model, spec, device=cfg.device, backend="torch")
-    if out is not None:
-        result.out = _write_run(Path(out), clf, ds, cfg, result, trained)
-        clf.spec.source = os.fspath(result.out)
+    if strategy is not None and strategy.world > 1:
+        if cfg.mode == "probe":
+            raise ParameterError("devices", "applies to finetune and scratch (the probe fits a head on cached "
+                                            "embeddings; compute them on a cluster with --ray)")
+        notes.append(f"data parallel: {strategy.world} processes ({strategy.backend}), global batch "
+                     f"{cfg.batch_size} ({cfg.batch_size // strategy.world} per process)")
+    log = _start_log(track, track_uri, out, ds, cfg, strategy)
+    if log is not None:
+        on_epoch = _both(on_epoch, log.epoch)
+    try:
+        trained = _run_mode(ds, cfg, balanced, progress, None if out is None else Path(out), resume, on_epoch,
+                            strategy)
+        if trained is None:  # another process of a data-parallel run: the main one finishes and writes
+            return None, TrainResult(out=None, metrics={}, config=cfg, seconds=time.perf_counter() - t0, notes=notes)
+        notes += trained.notes
+        spec, metrics = _finish(ds, cfg, trained, notes, progress)
+        seconds = time.perf_counter() - t0
+        metrics["seconds"] = round(seconds, 2)
+        metrics["images_per_second"] = round(trained.images / seconds, 2) if seconds else None
+        if log is not None:
+            metrics["tracking"] = spec.provenance["tracking"] = log.where
+        spec.metrics = metrics
+        result = TrainResult(out=None, metrics=metrics, config=cfg, history=trained.history, seconds=seconds,
+                             images=trained.images, notes=notes)
+        clf = Classifier(trained.model, spec, device=cfg.device, backend="torch")
+        if out is not None:
+            result.out = _write_run(Path(out), clf, ds, cfg, result, trained)
+            clf.spec.source = os.fspath(result.out)
+    except BaseException as e:
+        if log is not None:
+            log.fail(e)
+        raise
+    if log is not None:
+        _finish_log(log, clf, ds, trained, result)
     return clf, result
+
+
+def _start_log(track: str | None, uri: str | None, out, ds: Dataset, cfg: TrainConfig, strategy: Any):
+    """The run's :class:`~imclass.tracking.TrainingLog` (started, params logged), or None without ``track``."""
+    if (track is None or track == "none") and uri is None:
+        return None
+    from ..tracking import open_log
+
+    if strategy is not None and strategy.world > 1:
+        raise ParameterError("track", "is not available for data-parallel runs yet ({devices} > 1)")
+    log = open_log(track, uri, out)
+    if log is not None:
+        log.start({**cfg.to_dict(), "dataset": ds.source, "dataset_images": len(ds), "classes": len(ds.classes),
+                   "task": ds.task, **{f"split_{k or 'unassigned'}": int((ds.table["split"] == k).sum())
+                                       for k in ds.splits}})
+    return log
+
+
+def _both(first: Callable | None, second: Callable) -> Callable:
+    def hook(record: dict[str, Any]) -> None:
+        if first is not None:
+            first(record)
+        second(record)
+
+    return hook
+
+
+def _finish_log(log, clf, ds: Dataset, t: Trained, result: TrainResult) -> None:
+    """Metrics, the validation confusion matrix and the bundle into the tracked run; a failure here is a note (the
+    model is trained and written), not an error."""
+    import tempfile
+
+    val = None
+    if not ds.multi_label and len(t.val_index):
+        val = (list(ds.classes), ds.targets()[t.val_index], calibrate.probs(t.val_logits, clf.spec.temperature, False))
+    try:
+        with tempfile.TemporaryDirectory(prefix="imclass-bundle-") as tmp:
+            bundle = result.out if result.out is not None else clf.save(Path(tmp) / "bundle")
+            log.finish(result.metrics, result.history, result.config.mode, val=val, bundle=bundle)
+    except Exception as e:
+        log.fail(e)
+        result.notes.append(f"tracking failed at the end of the run ({e.__class__.__name__}: {str(e)[:200]}); the "
+                            "model is saved")
 
 
 def find_lr(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfig | None = None,
@@ -110,14 +179,14 @@ def _prepare(data: Any, cfg: TrainConfig) -> tuple[Dataset, bool]:
 
 
 def _run_mode(ds: Dataset, cfg: TrainConfig, balanced: bool, progress: Progress | None, out: Path | None,
-              resume: bool, on_epoch) -> Trained:
+              resume: bool, on_epoch, strategy: Any = None) -> Trained | None:
     if cfg.mode == "probe":
         from .probe import train_probe
 
         return train_probe(ds, cfg, balanced, progress)
     from .finetune import train_network
 
-    return train_network(ds, cfg, balanced, progress, out=out, resume=resume, on_epoch=on_epoch)
+    return train_network(ds, cfg, balanced, progress, out=out, resume=resume, on_epoch=on_epoch, strategy=strategy)
 
 
 def _check_classes(ds: Dataset) -> None:
@@ -132,7 +201,8 @@ def _check_classes(ds: Dataset) -> None:
         raise ImclassError(f"classes without training images: {', '.join(missing)}")
 
 
-def _finish(ds: Dataset, cfg: TrainConfig, t: Trained, notes: list[str]) -> tuple[ModelSpec, dict[str, Any]]:
+def _finish(ds: Dataset, cfg: TrainConfig, t: Trained, notes: list[str],
+            progress: Progress | None = None) -> tuple[ModelSpec, dict[str, Any]]:
     """Calibrate, choose thresholds, compute validation (and test) metrics, build the spec."""
     multi = ds.multi_label
     y = ds.targets()
@@ -158,14 +228,27 @@ def _finish(ds: Dataset, cfg: TrainConfig, t: Trained, notes: list[str]) -> tupl
     p_fit = calibrate.probs(fit_logits, temperature, multi)
     thresholds = calibrate.label_thresholds(p_fit, y_fit) if multi and len(y_fit) else None
     unknown = None
-    if not multi and cfg.unknown_coverage is not None and len(y_fit):
+    fitted = None
+    if cfg.unknown_coverage is not None and len(y_fit) and cfg.unknown_score == "auto":
+        fitted = _open_set(ds, cfg, t, temperature, progress)
+    known_val = known_test = None
+    if fitted is not None:
+        open_set, rows_of = fitted
+        unknown = open_set.threshold
+        metrics["unknown"] = open_set.report
+        t.model = open_set.build(t.model)
+        known_val = open_set.known(rows_of(t.val_index))
+        known_test = open_set.known(rows_of(t.test_index)) if len(t.test_index) else None
+        if unknown is not None and known_test is not None:
+            metrics["unknown"]["test_coverage"] = _round(float((known_test >= unknown).mean()))
+    elif not multi and cfg.unknown_coverage is not None and len(y_fit):
         unknown = calibrate.unknown_threshold(p_fit, cfg.unknown_coverage)
-        metrics["unknown"] = {"threshold": round(unknown, 4), "target_coverage": cfg.unknown_coverage,
-                              "fitted_on": int(len(y_fit))}
-    metrics["val"] = summary_metrics(p_val, y_val, multi, thresholds, unknown)
+        metrics["unknown"] = {"score": "top probability", "threshold": round(unknown, 4),
+                              "target_coverage": cfg.unknown_coverage, "fitted_on": int(len(y_fit))}
+    metrics["val"] = summary_metrics(p_val, y_val, multi, thresholds, unknown, known_val)
     if len(t.test_index):
         p_test = calibrate.probs(t.test_logits, temperature, multi)
-        metrics["test"] = summary_metrics(p_test, y[t.test_index], multi, thresholds, unknown)
+        metrics["test"] = summary_metrics(p_test, y[t.test_index], multi, thresholds, unknown, known_test)
     metrics["images"] = {s or "unassigned": int((ds.table["split"] == s).sum()) for s in ds.splits}
     metrics["notes"] = notes
     base = t.base
@@ -180,12 +263,54 @@ def _finish(ds: Dataset, cfg: TrainConfig, t: Trained, notes: list[str]) -> tupl
         architecture=t.architecture, labels=list(ds.classes), preprocess=t.preprocess,
         task=ds.task, temperature=temperature, label_thresholds=thresholds, unknown_threshold=unknown,
         provenance=provenance, training={**cfg.to_dict(), **t.details},
+        open_set=None if fitted is None else fitted[0].config,
     )
     return spec, metrics
 
 
+def _open_set(ds: Dataset, cfg: TrainConfig, t: Trained, temperature: float | None, progress: Progress | None):
+    """Fit the known-class score (:mod:`imclass.training.open_set`) on this run's images:
+    ``(OpenSetFit, rows_of)`` where ``rows_of(dataset indices)`` maps to its rows; None when the network has
+    no taps or too little data."""
+    from . import open_set
+
+    table = ds.table
+    keep = np.flatnonzero(table["split"].isin(["train", "val", "test"]).to_numpy())
+    paths = table["path"].to_numpy()[keep].tolist()
+    shas = [s if isinstance(s, str) else None for s in table["sha256"].to_numpy()[keep]]
+
+    def tick(n: int) -> None:
+        tick.done += n
+        if progress is not None:
+            progress("unknown score", tick.done, len(keep))
+    tick.done = 0
+    spec = ModelSpec(architecture=t.architecture, labels=list(ds.classes), preprocess=t.preprocess, task=ds.task)
+    got = open_set.tap_features(t.model, spec, paths, shas, backbone=cfg.backbone if cfg.mode == "probe" else None,
+                                device=cfg.device, workers=cfg.workers, progress=tick)
+    if got is None:
+        return None
+    feats, logits, ok = got
+    position = np.full(len(table), -1)
+    position[keep] = np.arange(len(keep))
+    split = table["split"].to_numpy()[keep]
+    y = ds.targets()[keep]
+    train = np.flatnonzero(ok & (split == "train"))
+    cal = position[np.asarray(t.val_index, dtype=np.int64)]
+    cal = cal[(cal >= 0) & ok[np.maximum(cal, 0)]]
+    if len(train) < 10 or len(cal) + len(train) < 20:
+        return None
+    oof_index = None
+    if t.calib_index is not None and len(t.calib_index):
+        oof_index = position[np.asarray(t.calib_index, dtype=np.int64)]
+    fit = open_set.fit_open_set(feats, y, train, cal, logits=None if ds.multi_label else logits,
+                                temperature=temperature, coverage=cfg.unknown_coverage, multi_label=ds.multi_label,
+                                pre_logits="pre_logits", oof_logits=t.calib_logits, oof_index=oof_index,
+                                seed=cfg.seed)
+    return fit, (lambda idx: position[np.asarray(idx, dtype=np.int64)])
+
+
 def summary_metrics(p: np.ndarray, y: np.ndarray, multi: bool, thresholds: list[float] | None = None,
-                    unknown: float | None = None) -> dict[str, Any]:
+                    unknown: float | None = None, known: np.ndarray | None = None) -> dict[str, Any]:
     """Headline metrics for the training summary, taken from :mod:`imclass.evaluation.metrics` (the full set
     comes from ``imclass evaluate``). ``accuracy`` counts every image; ``accuracy_accepted`` and ``coverage``
     the ones above the unknown threshold."""
@@ -206,9 +331,11 @@ def summary_metrics(p: np.ndarray, y: np.ndarray, multi: bool, thresholds: list[
         out["macro_f1"] = _round(m["macro_avg"]["f1"])
     out["ece"] = _round(calibrate.ece(p, y, multi_label=multi))
     if unknown is not None and not multi:
-        rej = compute_metrics(y, p, classes, "single_label", unknown_threshold=unknown)["rejection"]
+        rej = compute_metrics(y, p, classes, "single_label", unknown_threshold=unknown, known=known)["rejection"]
         out["coverage"] = _round(rej["coverage"])
         out["accuracy_accepted"] = _round(rej["accuracy_on_accepted"]) if rej["rejected"] < len(y) else None
+    elif unknown is not None and known is not None:
+        out["coverage"] = _round(float((np.asarray(known) >= unknown).mean()))
     return out
 
 

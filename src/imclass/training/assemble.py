@@ -17,8 +17,10 @@ def with_new_head(model, arch: dict[str, Any], labels: list[str], weight: np.nda
     """
     import torch
 
+    from ..models.open_set import unwrap
+
     k = len(labels)
-    new = copy.deepcopy(model)
+    new = copy.deepcopy(unwrap(model))  # a new head: an earlier model's known-class score does not carry over
     arch = copy.deepcopy(arch)
     if arch.get("family") in ("timm", "imclass") and hasattr(new, "reset_classifier"):
         new.reset_classifier(k)

@@ -4,9 +4,11 @@ They run in this order (``order``), for every hook:
 
 ====  ==================  ===================================================================================
    0  FreezeBackbone      the first epoch(s): only the head trains, BatchNorm in eval; ``frozen_backbone``
+   5  (DDP)               data-parallel runs: the model wrapper, ``train_loss`` over every process
   10  Validation          scores the validation set after each epoch (``val_loss``, ``val_accuracy`` / F1)
   20  TrackBest           ``improved`` and the best monitored score so far (``run.best``)
   30  Checkpoints         resume (before the fit), ``best`` / ``last`` after each epoch, best weights at the end
+  35  (DDP)               data-parallel runs: the resumed state of process 0 sent to the others
   40  EarlyStopping       stops after ``patience`` epochs without improvement; a resumed run keeps counting
   50  Progress, OnEpoch   ``progress(stage, done, total)`` per step, ``on_epoch(record)`` per epoch
   90  FaultPoints         ``imclass.faults`` crash points: after every step, after every epoch's checkpoint
@@ -78,14 +80,17 @@ class TrackBest(Callback):
 class Checkpoints(Callback):
     """``best`` (weights, when the epoch improved) and ``last`` (weights, optimiser, ``{epoch, history, best,
     identity}``) in ``folder`` after every epoch. ``resume``: continue from ``last`` when it exists and its
-    ``identity`` matches; without ``resume`` an existing run is an error. At the end the best weights are loaded."""
+    ``identity`` matches; without ``resume`` an existing run is an error. At the end the best weights are loaded.
+    ``write=False`` (the other processes of a data-parallel run): nothing is read or written."""
 
     order = 30
 
-    def __init__(self, folder: Path, identity: dict[str, Any], resume: bool):
-        self.folder, self.identity, self.resume = folder, identity, resume
+    def __init__(self, folder: Path, identity: dict[str, Any], resume: bool, write: bool = True):
+        self.folder, self.identity, self.resume, self.write = folder, identity, resume, write
 
     def before_fit(self, run: Run) -> None:
+        if not self.write:
+            return
         state = checkpoint.load_state(self.folder) if self.resume else None
         if state is not None:
             if state.get("identity") != self.identity:
@@ -98,13 +103,15 @@ class Checkpoints(Callback):
                                         "or choose another {out}")
 
     def after_epoch(self, run: Run) -> None:
+        if not self.write:
+            return
         if run.record.get("improved"):
             checkpoint.save(self.folder, checkpoint.BEST, run.model)
         checkpoint.save(self.folder, checkpoint.LAST, run.model, run.optimizer,
                         {"epoch": run.epoch, "history": run.history, "best": run.best, "identity": self.identity})
 
     def after_fit(self, run: Run) -> None:
-        if checkpoint.load_state(self.folder, checkpoint.BEST) is not None:
+        if self.write and checkpoint.load_state(self.folder, checkpoint.BEST) is not None:
             checkpoint.restore(self.folder, checkpoint.BEST, run.model)
 
 

@@ -30,11 +30,15 @@ class TrainConfig:
     multi_label: bool | None = None  # None: as the dataset says
     val_fraction: float = 0.2  # used only when the dataset has no validation split
     balance: Literal["auto", "on", "off"] = "auto"  # class-weighted loss; auto: on when imbalance >= 3
-    unknown_coverage: float | None = 0.95  # accept this fraction of validation images; None: no "unknown"
+    unknown_coverage: float | None = 0.95  # accept this fraction of known-class images; None: no "unknown"
+    # what "unknown" is decided on: "auto" chooses a known-class score by measurement (imclass.models.open_set),
+    # "probability" keeps the calibrated top probability (the only score of earlier releases)
+    unknown_score: Literal["auto", "probability"] = "auto"
     calibrate: bool = True
     device: str = "auto"
     workers: int | None = None  # decode threads (embeddings, validation passes)
     loader_workers: int | None = None  # data-loader processes for fine-tuning; None: up to 4
+    devices: int = 1  # fine-tuning processes (data parallel, DDP); batch_size stays the global batch
 
     def __post_init__(self) -> None:
         from ..errors import ParameterError
@@ -47,12 +51,16 @@ class TrainConfig:
             raise ParameterError("balance", "must be auto, on or off")
         if self.unknown_coverage is not None and not 0.5 <= self.unknown_coverage <= 1.0:
             raise ParameterError("unknown_coverage", "must be between 0.5 and 1.0 (e.g. 0.95)")
+        if self.unknown_score not in ("auto", "probability"):
+            raise ParameterError("unknown_score", "must be auto or probability")
         if not 0.0 < self.val_fraction < 0.9:
             raise ParameterError("val_fraction", "must be between 0 and 0.9")
         if self.epochs is not None and self.epochs < 1:
             raise ParameterError("epochs", "must be >= 1")
         if self.batch_size < 1:
             raise ParameterError("batch_size", "must be >= 1")
+        if self.devices < 1:
+            raise ParameterError("devices", "must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

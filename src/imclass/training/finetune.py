@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Dataset
-from ..errors import ImageLoadError
+from ..errors import ImageLoadError, ParameterError
 from ..images import load_image
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from . import callbacks as cbs
@@ -35,6 +35,8 @@ from .assemble import with_new_head
 from .config import TrainConfig
 from .loop import Run, fit
 from .outcome import Trained
+from .strategy import SINGLE, Single, collate  # noqa: F401 (collate: part of this module's interface)
+from .strategy import loader as _loader
 
 DEFAULT_EPOCHS = {"finetune": 15, "scratch": 30}
 DEFAULT_LR = {"finetune": 1e-3, "scratch": 3e-3}
@@ -117,24 +119,6 @@ class ImageRows:
         return self.transform(img), self.targets[i], i
 
 
-def collate(batch):
-    from torch.utils.data import default_collate
-
-    batch = [b for b in batch if b is not None]
-    return default_collate(batch) if batch else None
-
-
-def _loader(rows: ImageRows, batch_size: int, shuffle: bool, seed: int, workers: int):
-    import torch
-    from torch.utils.data import DataLoader
-
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-                      generator=gen, drop_last=False, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
-
-
 def _seed_everything(seed: int) -> None:
     import torch
 
@@ -145,17 +129,25 @@ def _seed_everything(seed: int) -> None:
 
 # ---- the run: the generic loop (loop.py) with this module's parts and callbacks (callbacks.py) ---------
 def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, *, out: Path | None = None,
-                  resume: bool = False, on_epoch: EpochHook | None = None) -> Trained:
+                  resume: bool = False, on_epoch: EpochHook | None = None,
+                  strategy: Single | None = None) -> Trained | None:
+    """Fine-tune (or train from scratch) on ``ds``. ``strategy``: how processes share the run (default: one);
+    in a data-parallel run ``cfg.batch_size`` is the global batch, each of the ``world`` processes takes its share,
+    and only the main process (rank 0) returns a result: the others return None once the fit is over."""
     import torch
 
-    from ..engine.backends import default_threads, resolve_device
-
-    device = resolve_device(cfg.device)
+    strategy = strategy or SINGLE
+    device = strategy.device(cfg.device)
+    threads = strategy.threads()
     if device == "cpu":
-        torch.set_num_threads(default_threads())
+        torch.set_num_threads(threads)
     epochs = cfg.epochs or DEFAULT_EPOCHS[cfg.mode]
     base_lr = cfg.lr or DEFAULT_LR[cfg.mode]
-    workers = cfg.loader_workers if cfg.loader_workers is not None else min(4, default_threads())
+    workers = cfg.loader_workers if cfg.loader_workers is not None else min(4, threads)
+    if cfg.batch_size % strategy.world:
+        raise ParameterError("batch_size", f"({cfg.batch_size}, the global batch) must be a multiple of the "
+                                           f"{strategy.world} processes ({{devices}})")
+    per_process = cfg.batch_size // strategy.world
     _seed_everything(cfg.seed)
     model, arch, pre, base_spec = build_network(ds, cfg)
     model = model.to(device, memory_format=torch.channels_last)
@@ -178,14 +170,16 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
     freeze_epochs = 1 if (cfg.mode == "finetune" and epochs >= 3) else 0
 
     def batches(epoch: int):
-        """The epoch's shuffled batches; every epoch starts from its own seed, so a resumed run replays it."""
-        _seed_everything(cfg.seed * 1000 + epoch)
-        return _loader(train_rows, cfg.batch_size, True, cfg.seed * 1000 + epoch, workers)
+        """The epoch's shuffled batches; every epoch starts from its own seed, so a resumed run replays it (each
+        process of a data-parallel run: the same shuffle, its own share, its own augmentation draws)."""
+        _seed_everything(cfg.seed * 1000 + epoch + 7919 * strategy.rank)
+        return strategy.loader(train_rows, per_process, cfg.seed * 1000 + epoch, workers)
 
     last: dict[str, np.ndarray] = {}
 
     def val_scores(run: Run) -> dict[str, float]:
-        logits = predict_logits(run.model, [paths[i] for i in va_idx], pre, device, cfg.batch_size, cfg.workers)
+        logits = strategy.map_rows([paths[i] for i in va_idx], lambda ps: predict_logits(
+            run.model, ps, pre, device, cfg.batch_size, cfg.workers))
         last["logits"] = logits
         return _val_scores(logits, y[va_idx], ds.multi_label, run.loss_fn, device)
 
@@ -196,19 +190,29 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
             report({**record, "preview": preview(last.get("logits"), [paths[i] for i in va_idx], y[va_idx],
                                                  ds.classes, ds.multi_label)})
 
-    ckpt_dir = (out / "checkpoints") if out is not None else Path(tempfile.mkdtemp(prefix="imclass-train-"))
-    run_only = ("device", "workers", "loader_workers", "epochs")  # settings a resumed run may change
+    if out is not None:
+        ckpt_dir = out / "checkpoints"
+    else:  # only the main process writes checkpoints
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="imclass-train-")) if strategy.main else Path("unused")
+    run_only = ("device", "workers", "loader_workers", "epochs", "devices")  # settings a resumed run may change
     identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in run_only},
                 "dataset": ds.fingerprint()}
+    if strategy.world > 1:  # the shuffle depends on the number of processes: a resume keeps it
+        identity["processes"] = strategy.world
     callbacks = [cbs.FreezeBackbone(head_params, freeze_epochs), cbs.Validation(val_scores if len(va_idx) else None),
-                 cbs.TrackBest(_monitor), cbs.Checkpoints(ckpt_dir, identity, resume),
-                 cbs.EarlyStopping(cfg.patience), cbs.FaultPoints("finetune")]
-    if progress is not None:
+                 cbs.TrackBest(_monitor), cbs.Checkpoints(ckpt_dir, identity, resume, write=strategy.main),
+                 cbs.EarlyStopping(cfg.patience), cbs.FaultPoints("finetune"), *strategy.callbacks()]
+    if progress is not None and strategy.main:
         callbacks.append(cbs.Progress(progress))
-    if on_epoch is not None:
+    if on_epoch is not None and strategy.main:
         callbacks.append(cbs.OnEpoch(on_epoch))
-    run = fit(model, optimizer, loss_fn, batches, epochs=epochs, steps_per_epoch=steps_per_epoch, schedule=_schedule,
-              device=device, callbacks=callbacks)  # ends with the best epoch's weights loaded
+    try:
+        run = fit(model, optimizer, loss_fn, batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                  schedule=_schedule, device=device, callbacks=callbacks)  # ends with the best epoch's weights loaded
+    finally:
+        strategy.finish()
+    if not strategy.main:
+        return None
 
     history = run.history
     model.eval()
@@ -317,8 +321,11 @@ def _loss(ds: Dataset, balanced: bool, device: str):
 
 
 def _val_scores(logits: np.ndarray, y: np.ndarray, multi: bool, loss_fn, device: str) -> dict[str, float]:
+    """Validation loss and metric (accuracy / multi-label macro F1), macro precision and F1, mean confidence."""
     import torch
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score, precision_score
+
+    from ..numerics import sigmoid, softmax
 
     ok = ~np.isnan(logits).any(axis=1)
     logits, y = logits[ok], y[ok]
@@ -326,11 +333,15 @@ def _val_scores(logits: np.ndarray, y: np.ndarray, multi: bool, loss_fn, device:
         return {}
     with torch.no_grad():
         loss = float(loss_fn(torch.from_numpy(logits).to(device), torch.from_numpy(y).to(device)))
-    if multi:
-        pred = (logits > 0).astype(int)
-        return {"val_loss": round(loss, 5),
-                "val_macro_f1": round(float(f1_score(y, pred, average="macro", zero_division=0)), 5)}
-    return {"val_loss": round(loss, 5), "val_accuracy": round(float((logits.argmax(1) == y).mean()), 5)}
+    pred = (logits > 0).astype(int) if multi else logits.argmax(1)
+    scores = {"val_loss": round(loss, 5)}
+    if not multi:
+        scores["val_accuracy"] = round(float((pred == y).mean()), 5)
+    probs = sigmoid(logits.astype(np.float64)) if multi else softmax(logits.astype(np.float64))
+    return {**scores,
+            "val_macro_precision": round(float(precision_score(y, pred, average="macro", zero_division=0)), 5),
+            "val_macro_f1": round(float(f1_score(y, pred, average="macro", zero_division=0)), 5),
+            "val_confidence": round(float(probs.max(axis=1).mean()), 5)}
 
 
 def _monitor(record: dict[str, Any]) -> float:

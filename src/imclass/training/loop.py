@@ -19,6 +19,8 @@ One fit, in order::
 
 Callbacks run in ascending ``order`` (ties: the order they were given), the same order for every hook.
 On CUDA the forward pass runs under float16 autocast with a ``GradScaler``; 4-D inputs are channels-last.
+The forward pass goes through ``run.forward`` when a callback sets it (a ``DistributedDataParallel`` wrapper of
+the model); everything else (checkpoints, validation) keeps using ``run.model``.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class Run:
     phase: str = ""  # what this epoch does, for progress ("head only"); reset at each epoch
     loss: float = 0.0  # the last step's loss
     batch_size: int = 0  # the last step's batch
+    forward: Any = None  # the module the forward pass goes through (None: model), e.g. a DDP wrapper
+    samples: int = 0  # samples of this epoch so far (this process)
+    loss_sum: float = 0.0  # their summed loss (train_loss = loss_sum / samples)
     record: dict[str, Any] = field(default_factory=dict)  # the last finished epoch's record
     history: list[dict[str, Any]] = field(default_factory=list)
     best: float | None = None  # best monitored score so far (see callbacks.TrackBest)
@@ -103,7 +108,7 @@ def fit(model, optimizer, loss_fn, batches: Callable[[int], Iterable[Any]], *, e
 
     run = Run(model=model, optimizer=optimizer, loss_fn=loss_fn, batches=batches, epochs=epochs,
               steps_per_epoch=steps_per_epoch, schedule=schedule, device=device,
-              callbacks=sorted(callbacks, key=lambda cb: cb.order), amp=device == "cuda")
+              callbacks=sorted(callbacks, key=lambda cb: cb.order), amp=device.startswith("cuda"))
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
@@ -114,7 +119,7 @@ def fit(model, optimizer, loss_fn, batches: Callable[[int], Iterable[Any]], *, e
         run.epoch, run.step, run.phase = epoch, 0, ""
         model.train()
         run.call("before_epoch")
-        seen, loss_sum = 0, 0.0
+        run.samples, run.loss_sum = 0, 0.0
         for step, batch in enumerate(run.batches(epoch)):
             if batch is None:
                 continue
@@ -128,19 +133,19 @@ def fit(model, optimizer, loss_fn, batches: Callable[[int], Iterable[Any]], *, e
                 x = x.contiguous(memory_format=torch.channels_last)
             target = target.to(device)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=run.amp):
-                logits = model(x)
+                logits = (run.forward or model)(x)
                 loss = run.loss_fn(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             run.loss, run.batch_size = loss.item(), len(x)
-            seen += run.batch_size
-            loss_sum += run.loss * run.batch_size
+            run.samples += run.batch_size
+            run.loss_sum += run.loss * run.batch_size
             run.call("after_step")
             if run.stop:
                 break
-        run.record = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1, seen), 5),
+        run.record = {"epoch": epoch + 1, "train_loss": round(run.loss_sum / max(1, run.samples), 5),
                       "lr": optimizer.param_groups[-1]["lr"]}
         run.history.append(run.record)  # the same dict: after_epoch callbacks add their keys to both
         run.call("after_epoch")

@@ -7,7 +7,8 @@
  *   - the import panel: drops of files, folders (walked with webkitGetAsEntry) and zips, uploaded in small
  *     batches as multipart "files" with their relative paths; a folder of the machine by its path;
  *   - the label view: hotkeys, a save per change (PUT with the version; 409: show what is there now),
- *     prefetching of the next images, undo;
+ *     prefetching of the next images (paged with a cursor, ?after=ID), undo, "not a duplicate";
+ *   - counts of the lists (GET .../counts) beside their names, refreshed after changes;
  *   - the grid: click / shift-click / ctrl-click selection and bulk labels.
  */
 "use strict";
@@ -85,6 +86,31 @@
   const labelsText = (labels) => (labels && labels.length ? labels.join(", ") : "unlabelled");
   const inField = (t) => t && t.closest && t.closest("input, textarea, select, [contenteditable]");
 
+  // ---- counts of the lists ([data-qcount=KEY]: an option or chip of a queue; GET .../counts) ------------------
+
+  let countsTimer = null;
+  function refreshCounts(pid, delay = 1000) {  // debounced: never on the path of a hotkey
+    if (!pid || !document.querySelector("[data-qcount]")) return;
+    clearTimeout(countsTimer);
+    countsTimer = setTimeout(async () => {
+      const r = await api("GET", `/api/v1/projects/${pid}/counts`);
+      if (!r.ok || !r.data) return;
+      const c = r.data;
+      const by = {all: c.all, labelled: c.labelled, unlabelled: c.unlabelled, uncertain: c.uncertain,
+                  errors: c.errors, duplicates: c.duplicates};
+      for (const k of c.classes || []) {
+        by[`label:${k.name}`] = k.labelled;
+        by[`suggested:${k.name}`] = k.suggested;
+      }
+      for (const el of $$("[data-qcount]")) {
+        const n = by[el.dataset.qcount];
+        if (typeof n !== "number") continue;
+        const text = n.toLocaleString("en");
+        el.textContent = el.dataset.title !== undefined ? `${el.dataset.title} (${text})` : text;
+      }
+    }, delay);
+  }
+
   // ---- forms that talk to the API --------------------------------------------------------------------------
 
   function formBody(form) {
@@ -160,6 +186,15 @@
       const p = a.probe;
       const pending = a.pending || {};
       const lines = [];
+      const paused = $("#assist-paused", box);
+      const stopped = a.worker && !a.worker.running;
+      if (paused) {
+        paused.hidden = !stopped;
+        paused.textContent = stopped ? `Suggestions paused: ${a.worker.problem}.` : "";
+      } else if (stopped) {
+        lines.push(`Suggestions paused: ${a.worker.problem}.`);
+      }
+      box.dataset.worker = stopped ? "stopped" : "running";
       if (a.mode === "probe" && p) {
         const acc = typeof p.accuracy === "number" ? ` (${Math.round(100 * p.accuracy)}% right on held-out labels)` : "";
         lines.push(`Suggestions from this project's model, trained on ${p.labels} labels${acc}.`);
@@ -461,7 +496,7 @@
     const PAGE = 50;
     const AHEAD = 3;
     const S = {items: [], pos: -1, size: 0, exhausted: false, loading: null, chain: Promise.resolve(), undo: [],
-               timings: [], cache: new Map(), ready: false};
+               timings: [], cache: new Map(), ready: false, cursor: null};
     window.studioLabel = S;  // read by tests and benchmarks (timings of the hotkey round trip)
     const box = $("#photo-box");
     const buttons = $$(".class-button");
@@ -483,19 +518,25 @@
       if (!S.loading) {
         S.loading = (async () => {
           const seen = new Set(S.items.map((it) => it.id));
-          // The queue's images this page holds that are still in it come first in the server's answer.
-          let offset = S.items.filter((it) => !it.extra && matches(it)).length;
+          // The queue after the last image read from it (a cursor: images joining or leaving the queue meanwhile
+          // shift nothing); images this page holds already are skipped.
           for (let tries = 0; tries < 10; tries++) {
-            const q = new URLSearchParams({...cfg.query, limit: String(PAGE), offset: String(offset)});
+            const q = new URLSearchParams({...cfg.query, limit: String(PAGE)});
+            if (S.cursor != null) q.set("after", String(S.cursor));
             const r = await api("GET", `${base}/images?${q}`);
-            if (!r.ok) { flash(r.error, "error"); return; }
+            if (!r.ok) {
+              if (r.status === 404 && S.cursor != null) { S.cursor = null; continue; }  // that image was deleted
+              flash(r.error, "error");
+              return;
+            }
             const now = performance.now();
-            const fresh = r.data.items.filter((it) => !seen.has(it.id));
+            const items = r.data.items;
+            if (items.length) S.cursor = items[items.length - 1].id;
+            const fresh = items.filter((it) => !seen.has(it.id));
             fresh.forEach((it) => { it.fetched = now; S.items.push(it); });
             S.size = S.items.filter((it) => !it.extra && !matches(it)).length + r.data.total;
-            if (r.data.items.length < PAGE) { S.exhausted = true; return; }
+            if (items.length < PAGE) { S.exhausted = true; return; }
             if (fresh.length) return;
-            offset += PAGE;
           }
         })();
       }
@@ -534,10 +575,12 @@
       el.dataset.kind = kind;
     }
 
+    const guesses = (it) => it.imagenet_guesses || [];  // the ImageNet model's top guesses (before the probe)
+
     function acceptable(it) {
       if (it.suggestion && classes.includes(it.suggestion.label)) return {label: it.suggestion.label, hint: false};
       if (!it.suggestion || it.suggestion.source === "imagenet") {
-        for (const [label] of it.hints || []) if (classes.includes(label)) return {label, hint: true};
+        for (const [label] of guesses(it)) if (classes.includes(label)) return {label, hint: true};
       }
       return null;
     }
@@ -566,7 +609,7 @@
       const sbox = $("#suggestion-box");
       sbox.hidden = !it.suggestion && !acc;
       if (!sbox.hidden) {
-        const s = it.suggestion || {label: acc.label, score: (it.hints.find((h) => h[0] === acc.label) || [0, 0])[1],
+        const s = it.suggestion || {label: acc.label, score: (guesses(it).find((h) => h[0] === acc.label) || [0, 0])[1],
                                     source: "imagenet"};
         $("#suggestion-label").textContent = s.label;
         $("#suggestion-score").textContent = `${Math.round(100 * s.score)}% · ${
@@ -576,10 +619,10 @@
       }
       const hints = $("#hints");
       hints.textContent = "";
-      const showHints = (!it.suggestion || it.suggestion.source === "imagenet") && (it.hints || []).length;
+      const showHints = (!it.suggestion || it.suggestion.source === "imagenet") && guesses(it).length;
       $("#hints-box").hidden = !showHints;
       if (showHints) {
-        for (const [label, score] of it.hints.slice(0, 5)) {
+        for (const [label, score] of guesses(it).slice(0, 5)) {
           const li = document.createElement("li");
           li.append(`${label} `);
           const sc = document.createElement("span");
@@ -605,6 +648,16 @@
         const b = document.createElement("strong");
         b.textContent = FLAG_NAMES[f.kind] || f.kind;
         li.append(b, f.detail ? `: ${f.detail}` : "");
+        if ((f.kind === "duplicate" || f.kind === "conflict") && f.other != null) {
+          const nd = document.createElement("button");
+          nd.type = "button";
+          nd.className = "small not-duplicate";
+          nd.dataset.other = f.other;
+          nd.textContent = "Not a duplicate";
+          nd.title = "Different photos: the checks will not pair these two again";
+          nd.addEventListener("click", () => enqueue(() => notDuplicate(it, f.other)));
+          li.append(" ", nd);
+        }
         flags.appendChild(li);
       }
       position();
@@ -697,6 +750,7 @@
       Object.assign(it, r.data, {fetched: performance.now(), conflict: null});
       if (S.undo[S.undo.length - 1] !== it.id) S.undo.push(it.id);
       saveState(`Saved: ${labelsText(it.labels)}`, "ok");
+      refreshCounts(cfg.pid);
       return true;
     }
 
@@ -730,6 +784,18 @@
       await give(acc.label, t0);
     }
 
+    async function notDuplicate(it, other) {
+      const r = await api("POST", `${base}/not-duplicates`, {images: [it.id, other]});
+      if (!r.ok) { flash(`Not saved: ${r.error}`, "error"); return; }
+      it.flags = (it.flags || []).filter((f) => !((f.kind === "duplicate" || f.kind === "conflict") && f.other === other));
+      for (const o of S.items) {  // the other image of the pair, if this page holds it
+        if (o.id === other) o.flags = (o.flags || []).filter((f) => f.other !== it.id);
+      }
+      if (current() === it) render(it);
+      saveState("Marked: not a duplicate (the checks will not pair them again)", "ok");
+      refreshCounts(cfg.pid);
+    }
+
     async function undo() {
       const id = S.undo.length ? S.undo.pop() : current() && current().id;
       if (id == null) return;
@@ -747,6 +813,7 @@
       }
       await show(idx);
       saveState(`Undone: ${labelsText(S.items[idx].labels)} again`, "ok");
+      refreshCounts(cfg.pid);
     }
 
     async function move(delta) {
@@ -815,6 +882,11 @@
     document.body.addEventListener("studio:probe", () => enqueue(async () => {
       S.items.splice(S.pos + 1);
       S.exhausted = false;
+      // the uncertain order is a new one: read it from its start (what this page holds is skipped); other
+      // orders go on after the image shown
+      const it0 = current();
+      S.cursor = cfg.query.order === "uncertain" || !it0 || it0.extra ? null : it0.id;
+      refreshCounts(cfg.pid);
       const it = current();
       if (it) { it.fetched = 0; await refresh(it); }
       await fetchMore();
@@ -937,6 +1009,7 @@
       }
       flash(`${ids.length} image${ids.length === 1 ? "" : "s"}: ${mode === "remove" ? "removed" : "gave"} “${label}” (${
         r.data.changed} changed).`, "ok");
+      refreshCounts(cfg.pid, 0);
       sel.clear();
       paint();
     }
