@@ -28,6 +28,10 @@ DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 
+#: Formats ``draft_size`` applies to. MPO is a JPEG followed by more pictures (a phone's HDR gain map or depth
+#: map, a stereo pair): Pillow opens it at the first, a plain JPEG, which decodes at draft scale like any other.
+DRAFT_FORMATS = ("JPEG", "MPO")
+
 # Truncated files must fail, never be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -48,7 +52,7 @@ def load_image(
     - EXIF orientation is applied; the first frame of animations is used.
     - Grey, palette, CMYK (ICC-aware), 16-bit and float images are converted to 8-bit RGB;
       transparency is composited over ``background``.
-    - ``draft_size`` lets JPEGs decode at 1/2, 1/4 or 1/8 scale while staying >= that size.
+    - ``draft_size`` lets JPEGs (MPO too) decode at 1/2, 1/4 or 1/8 scale while staying >= that size.
     - Images over ``max_pixels`` are refused before decoding (decompression-bomb guard). The
       default is Pillow's ``Image.MAX_IMAGE_PIXELS``; a larger value cannot lift Pillow's own limit.
 
@@ -71,7 +75,7 @@ def load_image(
                 f"{limit / 1e6:.0f} MP limit (decompression-bomb guard)")
         if getattr(img, "is_animated", False):
             img.seek(0)
-        if draft_size is not None and img.format == "JPEG":
+        if draft_size is not None and img.format in DRAFT_FORMATS:
             img.draft("RGB", draft_size)
         img.load()
         # exif_transpose copies even an upright image (~1 ms for a 500x375 photo): only call it when needed

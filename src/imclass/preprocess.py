@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -117,10 +119,21 @@ class Preprocess:
         return max(1, round(width / ratio)), max(1, round(height / ratio))
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
-        """Resize and crop an RGB PIL image exactly as timm's eval transform does."""
+        """Resize and crop an RGB PIL image exactly as timm's eval transform does.
+
+        Square photos to a square crop resample only the crop (Pillow's ``box``) where that changes no pixel:
+        see :func:`_exact_span`."""
         size = self.resized_size(*img.size)
         if size != img.size:
-            img = img.resize(size, _RESAMPLE[self.interpolation])
+            resample = _RESAMPLE[self.interpolation]
+            (w, h), (ch, cw) = img.size, self.input_size
+            span = _exact_span(w, size[0], cw) if (
+                w == h and size[0] == size[1] and ch == cw and img.mode == "RGB" and resample in _CONVOLUTION) else None
+            if span:
+                crop, lo, hi = span
+                img = img.resize((crop, crop), resample, box=(lo, lo, hi, hi))
+            else:
+                img = img.resize(size, resample)
         return _center_crop(img, self.input_size)
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
@@ -161,6 +174,35 @@ def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     top = int(round((h - ch) / 2.0))
     left = int(round((w - cw) / 2.0))
     return img.crop((left, top, left + cw, top + ch))
+
+
+# Pillow's convolution resamplers (NEAREST takes another path): the ones _exact_span reasons about
+_CONVOLUTION = frozenset(_RESAMPLE[k] for k in ("bilinear", "bicubic", "lanczos", "box", "hamming"))
+
+
+@lru_cache(maxsize=4096)
+def _exact_span(n_in: int, n_out: int, crop: int) -> tuple[int, float, float] | None:
+    """``(crop, in0, in1)``: resampling only the input span ``in0..in1`` of one axis to ``crop`` pixels gives the
+    centre crop of the whole ``n_in -> n_out`` resize bit for bit; or None where it might not.
+
+    Pillow places output pixel ``i`` of a box ``in0..in1`` at ``in0 + (i + 0.5) * (in1 - in0) / crop`` with
+    ``in0``/``in1`` as float32, and derives every filter weight from that centre and the scale. When the
+    scale ``n_in / n_out`` is a dyadic fraction and the span's ends are exact in float32, all of that is
+    exact arithmetic: the same centres, scale and weights as the whole resize (``n_in / 256`` for the common
+    ``crop_pct`` 0.875 at 224 always qualifies). Used for square photos only: Pillow 13 chooses which of its
+    two passes runs first from the sizes, and only a square box keeps that choice the same as the whole
+    resize's (both passes scale alike).
+    """
+    if crop >= n_out:
+        return None  # nothing to cut (or padding): resample the whole axis
+    scale = Fraction(n_in, n_out)
+    if scale.denominator & (scale.denominator - 1):
+        return None  # not dyadic: the centres would be rounded differently
+    start = int(round((n_out - crop) / 2.0))  # as _center_crop cuts it
+    in0, in1 = start * scale, (start + crop) * scale
+    if any(v.numerator >= 1 << 24 for v in (in0, in1, in1 - in0)):
+        return None  # not exact in float32
+    return crop, float(in0), float(in1)
 
 
 def _crop_offset(padded: int, crop: int, size: int) -> int:
