@@ -20,7 +20,9 @@ from .images import source_name
 from .models.spec import ModelSpec
 from .prediction import Prediction, decide, known_scores, probabilities, split_outputs
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
+#: ``auto``: the model's verified default on this runtime (see :mod:`imclass.engine.runtimes`).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 log = logging.getLogger("imclass")
 
 
@@ -33,9 +35,11 @@ class Classifier:
     """
 
     def __init__(self, model, spec: ModelSpec, device: str = "auto", threads: int | None = None,
-                 backend: str = "auto", streams: int | None = None):
+                 backend: str = "auto", streams: int | None = None, precision: str = "auto"):
         if backend not in BACKENDS:
             raise ImclassError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise ImclassError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self._model = model
         self._model_loader = None  # builds the torch module on demand (fast ONNX start-up path)
         self._onnx_path: str | None = None
@@ -44,6 +48,7 @@ class Classifier:
         self.threads = threads
         self.streams = streams
         self.backend_name = backend
+        self.precision = precision
         self._backend = None
 
     # ---- construction -------------------------------------------------------------------------
@@ -51,7 +56,7 @@ class Classifier:
     def load(cls, name: str | os.PathLike = "default", device: str = "auto",
              threads: int | None = None, backend: str = "auto", streams: int | None = None, *,
              classes: Sequence[str] | str | None = None, templates: Sequence[str] | None = None,
-             unknown_threshold: float | None = None) -> Classifier:
+             unknown_threshold: float | None = None, precision: str = "auto") -> Classifier:
         """Load a model by name: ``default``, a bundle directory, ``hf:<id>``, a timm name, ...
 
         ``classes``: label with these names instead, by text prompts (``templates``, default
@@ -60,7 +65,10 @@ class Classifier:
         ``unknown``, instead of the model's own rule (0: never; zero-shot models have no threshold unless given).
 
         ``backend``: ``auto`` (ONNX Runtime on CPU, exported and cached on first use; torch on CUDA),
-        ``torch``, ``onnx`` or ``onnx-int8`` (needs a bundle made by ``imclass export --int8``).
+        ``torch``, ``onnx``, ``onnx-int8`` (needs a bundle made by ``imclass export --int8``) or ``openvino``
+        (extra ``imclass[openvino]``). ``precision``: ``auto`` (ONNX Runtime fp32 unless a verified, measured
+        faster runtime is recorded for this model on this CPU: :mod:`imclass.engine.runtimes`), ``fp32``,
+        ``bf16`` (OpenVINO, on CPUs with native bf16) or ``int8`` (a bundle's static INT8 file).
         ``threads``: CPU threads for the model (default: all usable cores). ``streams``: batches run at
         once when predicting many images, each with ``threads // streams`` threads (default: 2 for ONNX
         Runtime on CPU, else 1; 1 gives single calls all threads, best for latency).
@@ -71,20 +79,22 @@ class Classifier:
             raise ParameterError("unknown_threshold", "must be between 0 and 1 (0: never 'unknown')")
         if classes is not None:
             model, spec = resolve_zero_shot(name, classes, templates, unknown_threshold or None)
-            return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams)
-        if backend in ("auto", "onnx", "onnx-int8") and resolve_device(device) == "cpu":
-            int8 = backend == "onnx-int8"
+            return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams,
+                       precision=precision)
+        if backend in ("auto", "onnx", "onnx-int8", "openvino") and resolve_device(device) == "cpu":
+            int8 = backend == "onnx-int8" or precision == "int8"
             fast = _fast_onnx_start(name, int8=int8)
             if fast is not None:  # a verified ONNX export exists: no torch import needed to predict
                 spec, onnx_path, loader = fast
-                clf = cls(None, spec, device=device, threads=threads, backend=backend, streams=streams)
+                clf = cls(None, spec, device=device, threads=threads, backend=backend, streams=streams,
+                          precision=precision)
                 clf._model_loader = loader
                 if not int8:  # an INT8 file is always taken from the bundle's manifest (spec.bundle_dir)
                     clf._onnx_path = onnx_path
                 return clf._with_unknown(unknown_threshold)
         model, spec = resolve(name)
-        return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams
-                   )._with_unknown(unknown_threshold)
+        return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams,
+                   precision=precision)._with_unknown(unknown_threshold)
 
     def _with_unknown(self, threshold: float | None) -> Classifier:
         if threshold is not None:
@@ -120,49 +130,118 @@ class Classifier:
             self._backend = self._make_backend()
         return self._backend
 
+    @property
+    def runtime(self) -> dict[str, str]:
+        """What runs the model: ``{"backend": torch | onnx | openvino, "precision": fp32 | bf16 | int8 | fp16}``
+        (builds the backend)."""
+        b = self.backend
+        return {"backend": b.name, "precision": getattr(b, "precision", "fp32")}
+
     def _make_backend(self):
-        choice = self.backend_name
+        choice, precision = _runtime_request(self.backend_name, self.precision)
         if choice == "auto":
             if resolve_device(self.device) != "cpu" or importlib.util.find_spec("onnxruntime") is None:
                 choice = "torch"
             else:
                 try:
-                    return self._onnx_backend(int8=False)
+                    path = self._onnx_path_for(int8=False)
                 except Exception as e:
                     log.warning("ONNX Runtime backend unavailable for %s (%s); using torch", self.spec.model_id, e)
                     choice = "torch"
+                else:
+                    return self._auto_backend(path, precision)
         if choice == "torch":
             return TorchBackend(self.model, self.spec.preprocess, device=self.device, threads=self.threads)
+        if choice == "openvino":
+            if resolve_device(self.device) != "cpu":
+                raise ImclassError(f"backend 'openvino' runs on the CPU, not {self.device!r}; use --device cpu")
+            return self._openvino_backend(precision)
         if resolve_device(self.device) not in ("cpu", "cuda"):
             raise ImclassError(f"backend {choice!r} runs on CPU or CUDA, not {self.device!r}")
-        return self._onnx_backend(int8=choice == "onnx-int8")
+        return self._onnx_backend(int8=precision == "int8")
 
-    def _onnx_backend(self, int8: bool):
-        from .engine.onnx_backend import OnnxBackend, default_streams
+    def _auto_backend(self, fp32_path: Path, precision: str):
+        """``auto`` on CPU: ONNX Runtime fp32, unless this model's record for this CPU picks a verified, faster
+        runtime (:mod:`imclass.engine.runtimes`); a recorded choice that cannot be built falls back with a
+        warning."""
+        from .engine.runtimes import recorded_choice
 
+        picked = None
+        pinned = self.spec.exports.get("runtime") if precision == "auto" else None
+        if isinstance(pinned, dict) and pinned.get("backend") and pinned.get("precision"):
+            picked = (pinned["backend"], pinned["precision"])  # imclass export --openvino --precision P
+        else:
+            try:
+                picked = recorded_choice(fp32_path, precision=None if precision == "auto" else precision)
+            except Exception as e:  # a broken record never stops a run
+                log.warning("runtime record for %s unreadable (%s); using ONNX Runtime fp32", self.spec.model_id, e)
+        if picked is not None and picked != ("onnx", "fp32"):
+            backend, prec = picked
+            try:
+                if backend == "openvino":
+                    return self._openvino_backend(prec)
+                return self._onnx_backend(int8=prec == "int8")
+            except Exception as e:
+                log.warning("%s %s %s for %s but unavailable here (%s); using ONNX Runtime fp32", backend, prec,
+                            "pinned" if pinned else "recorded as fastest", self.spec.model_id, e)
+        return self._onnx_backend(int8=False, path=fp32_path)
+
+    def _onnx_path_for(self, int8: bool) -> Path:
+        """The verified ONNX file: fp32 (the bundle's, or the cached export) or a bundle's INT8 file."""
         exported = self.spec.exports.get("onnx") or {}
         key = "int8" if int8 else "fp32"
         if self._onnx_path and not int8:
-            path = Path(self._onnx_path)
-        elif self.spec.bundle_dir and exported.get(key):
+            return Path(self._onnx_path)
+        if self.spec.bundle_dir and exported.get(key):
             path = Path(self.spec.bundle_dir) / exported[key]
             if not path.is_file():
                 raise ImclassError(
                     f"{self.spec.bundle_dir}: its manifest lists {exported[key]} ({key} ONNX model) but the "
                     "file is missing; copy the whole bundle folder, or export again with `imclass export`")
-        elif int8:
+            return path
+        if int8:
             raise ImclassError(
                 f"{self.spec.source or self.spec.model_id} has no INT8 export: run "
                 "`imclass export MODEL --int8 --calibration IMAGES` and use the exported bundle")
-        else:
-            from .engine.onnx_cache import cached_onnx, remember_default
-            from .models.default import embedded
+        from .engine.onnx_cache import cached_onnx, remember_default
+        from .models.default import embedded
 
-            path = cached_onnx(self.model, self.spec)
-            if embedded(self.spec.source) is not None:  # default, lite1, lite2: start without torch next time
-                remember_default(self.spec, path)
+        path = cached_onnx(self.model, self.spec)
+        if embedded(self.spec.source) is not None:  # default, lite1, lite2: start without torch next time
+            remember_default(self.spec, path)
+        return path
+
+    def _onnx_backend(self, int8: bool, path: Path | None = None):
+        from .engine.onnx_backend import OnnxBackend, default_streams
+
+        path = path or self._onnx_path_for(int8)
         streams = self.streams or default_streams(resolve_device(self.device), self.threads)
-        return OnnxBackend(path, self.spec.preprocess, threads=self.threads, streams=streams)
+        return OnnxBackend(path, self.spec.preprocess, threads=self.threads, streams=streams,
+                           precision="int8" if int8 else "fp32")
+
+    def _openvino_backend(self, precision: str):
+        """OpenVINO on the CPU; ``auto``: the record's fastest verified precision for this model, else fp32."""
+        from .engine.onnx_backend import default_streams
+        from .engine.openvino_backend import OpenVinoBackend, core
+
+        core()  # a one-line error without the openvino package, before any export work
+        fp32 = None
+        if precision == "auto":
+            from .engine.runtimes import recorded_choice
+
+            fp32 = self._onnx_path_for(int8=False)
+            picked = recorded_choice(fp32, backend="openvino")
+            precision = picked[1] if picked else "fp32"
+        ir = (self.spec.exports.get("openvino") or {}).get("fp32")
+        if precision != "int8" and self.spec.bundle_dir and ir and (Path(self.spec.bundle_dir) / ir).is_file():
+            path = Path(self.spec.bundle_dir) / ir  # the IR written by imclass export --openvino
+        elif precision == "int8":
+            path = self._onnx_path_for(int8=True)
+        else:
+            path = fp32 or self._onnx_path_for(int8=False)
+        streams = self.streams or default_streams("cpu", self.threads)
+        return OpenVinoBackend(path, self.spec.preprocess, precision=precision, threads=self.threads,
+                               streams=streams)
 
     def __repr__(self) -> str:
         return (f"Classifier({self.spec.model_id}, {self.spec.num_classes} labels, "
@@ -269,6 +348,27 @@ class Classifier:
         known = rows[:, -1]
         none = self.spec.task == "multi_label" and not self.spec.open_set
         return rows[:, :-1], (None if none else known), errors
+
+
+def _runtime_request(backend: str, precision: str) -> tuple[str, str]:
+    """``(backend, precision)`` asked for, with the spellings folded (``onnx-int8`` = ``onnx`` + ``int8``;
+    ``auto`` + ``bf16`` = OpenVINO bf16, the one runtime with bf16; ``auto`` + ``int8`` = ``onnx-int8``)."""
+    if backend == "onnx-int8":
+        if precision not in ("auto", "int8"):
+            raise ImclassError(f"backend 'onnx-int8' runs INT8, not {precision}; use --backend onnx or openvino")
+        return "onnx", "int8"
+    if backend == "torch" and precision not in ("auto", "fp32"):
+        need = "--backend openvino" if precision == "bf16" else "--backend onnx or openvino (and an INT8 export)"
+        raise ImclassError(f"backend 'torch' runs fp32; --precision {precision} needs {need}")
+    if backend == "onnx" and precision == "bf16":
+        raise ImclassError("ONNX Runtime has no bf16 CPU path; use --backend openvino --precision bf16")
+    if backend == "auto" and precision == "bf16":
+        return "openvino", "bf16"
+    if backend == "auto" and precision == "int8":
+        return "onnx", "int8"
+    if backend == "onnx" and precision == "auto":
+        return "onnx", "fp32"
+    return backend, precision
 
 
 def _fast_onnx_start(name: str | os.PathLike, int8: bool = False):

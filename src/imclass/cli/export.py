@@ -14,6 +14,7 @@ from .options import (
     ClassesOpt,
     JsonFlag,
     ModelOpt,
+    check_choice,
     command,
     err,
     out,
@@ -38,6 +39,12 @@ def export(
     calibration: Annotated[Optional[list[Path]], typer.Option(
         "--calibration", "-c",
         help="Photos (file or folder; repeat for more) for INT8 calibration and the parity check.")] = None,
+    openvino: Annotated[bool, typer.Option(
+        "--openvino", help="Also write OpenVINO IR (model.xml/.bin) with its parity at f32, bf16 (where the CPU "
+                           "has it) and INT8 (with --int8); needs the openvino extra.")] = False,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="With --openvino: pin OpenVINO at fp32 | bf16 | int8 as the bundle's runtime "
+                            "(what --backend auto runs).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Keep an export that fails the parity check.")] = False,
     as_json: JsonFlag = False,
     model_arg: Annotated[Optional[str], typer.Argument(hidden=True, show_default=False)] = None,
@@ -46,6 +53,7 @@ def export(
 
     The parity (top-1 agreement, largest probability difference) is measured on held-out --calibration
     photos and recorded in the bundle; `imclass predict --model OUT --backend onnx-int8` runs the INT8 file.
+    --openvino adds OpenVINO IR with its parity (`--backend openvino --precision fp32|bf16|int8` runs it).
     With --classes, a CLIP-style --model hf:<id> is exported as the zero-shot classifier of those names.
     """
     from ..api import export as export_model
@@ -60,11 +68,16 @@ def export(
         from ..api import load
 
         chosen = load(chosen, classes=names, device="cpu", backend="torch")
-    res = export_model(chosen, out_dir, int8=int8, calibration=calibration, force=force)
+    if precision is not None:
+        check_choice(precision, ("fp32", "bf16", "int8"), "--precision")
+        if not openvino:
+            raise typer.BadParameter("--precision pins an OpenVINO runtime: add --openvino", param_hint="--precision")
+    res = export_model(chosen, out_dir, int8=int8, calibration=calibration, force=force, openvino=openvino,
+                       precision=precision)
     if as_json:
         out.print_json(json.dumps({"path": str(res.path), "files": res.files, "parity": res.parity,
                                    "passed": res.passed, "warnings": res.warnings,
-                                   "quantization": res.quantization}))
+                                   "quantization": res.quantization, "runtime": res.runtime}))
         return EXIT_OK
     for c in (res.quantization or {}).get("search", []):
         err.print(f"int8 candidate {c['method']}, leading convs in float: {c.get('exclude_first_convs', 0)}: "
@@ -75,6 +88,9 @@ def export(
                   f"max probability difference {p['max_abs_prob_diff']:.2e}", highlight=False)
     for w in res.warnings:
         err.print(f"[bold red]WARNING:[/bold red] {w}")
+    if res.runtime:
+        err.print(f"Pinned runtime: {res.runtime['backend']} {res.runtime['precision']} (what --backend auto runs)",
+                  highlight=False)
     err.print(f"Exported bundle: {res.path} ({', '.join(res.files.values())}); "
               f"use it with: imclass predict PHOTOS --model {res.path}", highlight=False)
     return EXIT_OK

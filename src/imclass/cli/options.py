@@ -34,7 +34,12 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the machine-readab
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
-Backend = Annotated[str, typer.Option("--backend", help="auto | torch | onnx | onnx-int8")]
+Backend = Annotated[str, typer.Option("--backend", help="auto | torch | onnx | onnx-int8 | openvino")]
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # as imclass.classifier.PRECISIONS (not imported: start-up time)
+Precision = Annotated[str, typer.Option(
+    "--precision", help="auto | fp32 | bf16 | int8: auto is the model's verified default on this CPU (ONNX Runtime "
+                        "fp32 unless a faster runtime passed the parity rule); bf16 runs OpenVINO, on CPUs with "
+                        "native bf16; int8 needs a bundle made by `imclass export --int8`.")]
 BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", "-b", min=1, help="Images per model call (default: 16, shared by the streams).")]
 # ---- scale-out (imclass[ray]; docs/scale-out.md) ------------------------------------------------------------

@@ -13,6 +13,7 @@ import typer
 from .options import (
     EXIT_OK,
     EXIT_PARTIAL,
+    PRECISIONS,
     Actors,
     Backend,
     BatchSize,
@@ -23,10 +24,12 @@ from .options import (
     JsonFlag,
     ModelOpt,
     OutputAlias,
+    Precision,
     Quiet,
     RayAddress,
     RayFlag,
     Workers,
+    check_choice,
     command,
     err,
     out,
@@ -66,6 +69,7 @@ def predict(
     workers: Workers = None,
     device: Device = "auto",
     backend: Backend = "auto",
+    precision: Precision = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Inference threads.")] = None,
     streams: Annotated[Optional[int], typer.Option(
         "--streams", min=1, help="Batches inferred at once, each with threads/streams threads "
@@ -103,8 +107,13 @@ def predict(
     if (link or copy) and sort_into is None:
         raise typer.BadParameter("--link/--copy only make sense with --sort-into DIR")
     show_rows = out_file is None or as_json
+    check_choice(precision, PRECISIONS, "--precision")
+    runtime_options = {"precision": precision} if precision != "auto" else {}
+    if runtime_options and scale_out is not None:
+        raise typer.BadParameter("--precision does not work with --ray yet", param_hint="--ray")
     chosen, load_seconds = _model(sources, model, zero_shot_classes(classes, classes_file), unknown_threshold,
-                                  scale_out, device=device, backend=backend, threads=threads, streams=streams)
+                                  scale_out, device=device, backend=backend, threads=threads, streams=streams,
+                                  **runtime_options)
     bar = None if quiet else LabelBar()
 
     def on_batch(preds) -> None:
@@ -120,7 +129,7 @@ def predict(
             workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
             sort_mode="link" if link else "copy", reject_unknown=not no_unknown, ids=ids,
             on_start=None if bar is None else bar.start,
-            on_total=None if bar is None else bar.total, on_batch=on_batch, **(scale_out or {}))
+            on_total=None if bar is None else bar.total, on_batch=on_batch, **runtime_options, **(scale_out or {}))
     finally:
         if bar is not None:
             bar.stop()
@@ -219,7 +228,8 @@ def _print_summary(s) -> None:
     top = ", ".join(f"{lab} ({n})" for lab, n in s.label_counts.most_common(5))
     noun = "image" if s.processed == 1 else "images"
     msg = (f"Labelled {s.processed} {noun} in {s.seconds:.1f}s ({s.images_per_second:.1f} img/s) "
-           f"with {s.model}; the model loaded in {s.load_seconds:.1f}s")
+           f"with {s.model}" + (f" ({s.backend} {s.precision})" if getattr(s, "backend", "") else "")
+           + f"; the model loaded in {s.load_seconds:.1f}s")
     if s.skipped:
         msg += f"; {s.skipped} already done (resumed)"
     err.print(msg, highlight=False)

@@ -85,6 +85,7 @@ class TorchBackend:
             if self.folded:
                 self.model = self.model.to(memory_format=torch.channels_last)
         self.amp = (self.device == "cuda") if amp is None else amp
+        self.precision = "fp16" if self.amp and self.device == "cuda" else "fp32"
         self._mean = torch.tensor(preprocess.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(preprocess.std, device=self.device).view(1, 3, 1, 1) * 255.0)
 

@@ -29,17 +29,19 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, onnx_path: str | os.PathLike, preprocess=None, threads: int | None = None,
-                 providers: list[str] | None = None, streams: int = 1):
+                 providers: list[str] | None = None, streams: int = 1, precision: str = "fp32"):
         """``preprocess``: a :class:`~imclass.preprocess.Preprocess`; ``None`` reads the one recorded in the
         file by :func:`~imclass.export.export_onnx`. ``threads``: CPU threads in all (default: all usable
         cores). ``streams``: calls meant to run at once (from that many threads, e.g. by
         :func:`~imclass.engine.pipeline.run_batches`); each call gets ``threads // streams`` intra-op threads.
-        ``providers``: ORT execution providers (default: CUDA when available, then CPU)."""
+        ``providers``: ORT execution providers (default: CUDA when available, then CPU). ``precision``: what the
+        file holds (``fp32`` or ``int8``), recorded for summaries."""
         import onnxruntime as ort
 
         if streams < 1:
             raise ValueError("streams must be >= 1")
         self.path = os.fspath(onnx_path)
+        self.precision = precision
         self.threads = threads or default_threads()
         self.streams = streams
         opts = ort.SessionOptions()

@@ -21,7 +21,13 @@ from ..models.bundle import MANIFEST, save_bundle
 #: Export refuses (unless forced) below these top-1 agreements with the fp32 torch model. INT8 is
 #: opt-in: on real photos far from ImageNet the best static INT8 reached 94% (bench/RESULTS.md), below
 #: the 97% that would make it a default, so the refusal bar for an explicit --int8 is 90%.
-MIN_AGREEMENT = {"fp32": 0.995, "int8": 0.90}
+MIN_AGREEMENT = {"fp32": 0.995, "int8": 0.90,
+                 # OpenVINO (--openvino): f32 must match as ONNX Runtime fp32 does; bf16 and INT8 are opt-in
+                 # lower precisions with the same refusal bar as ONNX Runtime INT8
+                 "openvino-fp32": 0.995, "openvino-bf16": 0.90, "openvino-int8": 0.90}
+#: ``exports.runtime`` a bundle may pin (``imclass export --openvino --precision P``): what ``--backend auto``
+#: then runs.
+PINNABLE = ("fp32", "bf16", "int8")
 #: ... or above this softmax difference for fp32.
 MAX_FP32_PROB_DIFF = 1e-3
 #: Static INT8 settings every INT8 export tries; it keeps the one whose probabilities stay closest to the
@@ -49,19 +55,26 @@ class ExportResult:
     passed: bool = True
     warnings: list[str] = field(default_factory=list)
     quantization: dict[str, Any] | None = None  # INT8: the chosen settings and the candidates tried
+    runtime: dict[str, str] | None = None  # the runtime pinned for --backend auto (export --openvino --precision)
 
 
 def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
                   images: Sequence[str] | None = None, calibration_size: int = 256, parity_size: int = 256,
                   force: bool = False, batch_size: int = 32,
-                  int8_candidates: Sequence[dict[str, Any]] | None = None) -> ExportResult:
-    """Write ``out/`` = bundle (``model.safetensors`` + manifest) + ``model.onnx`` (+ ``model.int8.onnx``).
+                  int8_candidates: Sequence[dict[str, Any]] | None = None, openvino: bool = False,
+                  precision: str | None = None) -> ExportResult:
+    """Write ``out/`` = bundle (``model.safetensors`` + manifest) + ``model.onnx`` (+ ``model.int8.onnx``)
+    (+ OpenVINO IR ``model.xml`` / ``model.bin``).
 
     ``images``: photos for INT8 calibration and for the parity check (an even sample, split
     alternately: calibration and parity images never overlap). Without images the parity check runs on synthetic
     images and INT8 is refused. Below the agreement thresholds the export is refused unless ``force``.
     ``int8_candidates``: :func:`~imclass.export.quantize_int8` settings to choose from (default
     :data:`INT8_CANDIDATES`, each on top of :data:`INT8_BASE`).
+    ``openvino``: also write the IR of the fp32 graph and measure OpenVINO's parity with torch on the same images:
+    f32 (``openvino-fp32``), bf16 where this CPU has it (``openvino-bf16``), and the INT8 file through OpenVINO
+    (``openvino-int8``); recorded under ``exports.openvino``. ``precision``: pin OpenVINO at that precision as
+    the bundle's runtime (``exports.runtime``; ``--backend auto`` then runs it).
     """
     from ..engine.backends import TorchBackend
     from ..engine.onnx_backend import OnnxBackend
@@ -80,6 +93,17 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
         raise ExportError(
             f"INT8 needs calibration photos like the ones it will label: got {len(calib_paths)}, want >= 32 "
             "(128-300 recommended); pass --calibration FOLDER")
+    if precision is not None:
+        if not openvino:
+            raise ExportError("pinning a precision needs the OpenVINO export (--openvino)")
+        if precision not in PINNABLE:
+            raise ExportError(f"precision {precision!r}: use one of {', '.join(PINNABLE)}")
+        if precision == "int8" and not int8:
+            raise ExportError("pinning int8 needs the INT8 export (--int8 --calibration PHOTOS)")
+    if openvino:
+        from ..engine.openvino_backend import core
+
+        core()  # a one-line error without the openvino package, before any work
     spec = clf.spec
     out.mkdir(parents=True, exist_ok=True)
     files = {"fp32": "model.onnx"}
@@ -104,9 +128,16 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
         result.parity["int8"]["images"] = "photos"
         result.parity["int8"]["calibration_images"] = len(calib_paths)
         _judge(result, "int8", force)
-    spec.exports = {"onnx": {**files, "opset": OPSET, "input": "normalized_nchw_float32",
+    onnx_parity = {k: v for k, v in result.parity.items() if k in ("fp32", "int8")}
+    onnx_files = {k: v for k, v in files.items() if k in ("fp32", "int8")}
+    spec.exports = {"onnx": {**onnx_files, "opset": OPSET, "input": "normalized_nchw_float32",
                              "quantization": quantization,
-                             "parity": result.parity, "passed": result.passed}}
+                             "parity": onnx_parity, "passed": result.passed}}
+    if openvino:
+        spec.exports["openvino"] = _export_openvino(result, out, spec, ref, check_batches, bool(parity_paths),
+                                                    multi, known, force)
+        if precision is not None:
+            spec.exports["runtime"] = result.runtime = {"backend": "openvino", "precision": precision}
     src_dir = spec.bundle_dir
     save_bundle(clf.model, spec, out)
     if src_dir and Path(src_dir).resolve() != out.resolve():
@@ -115,6 +146,37 @@ def export_bundle(clf, out: str | os.PathLike, *, int8: bool = False,
                 shutil.copy2(Path(src_dir) / extra, out / extra)
     spec.bundle_dir = os.fspath(out)
     return result
+
+
+def _export_openvino(result: ExportResult, out: Path, spec, ref, check_batches, photos: bool, multi: bool,
+                     known: dict[str, Any], force: bool) -> dict[str, Any]:
+    """Write ``model.xml`` / ``model.bin`` and measure OpenVINO's parity with torch at each precision it can run."""
+    import openvino as ov
+
+    from ..engine.openvino_backend import OpenVinoBackend, bf16_supported, save_ir
+    from ..engine.parity import parity
+
+    xml = "model.xml"
+    save_ir(out / result.files["fp32"], out / xml, spec.preprocess)
+    result.files["openvino"] = xml
+    result.files["openvino-weights"] = "model.bin"
+    runs = {"openvino-fp32": (out / xml, "fp32")}
+    if bf16_supported():
+        runs["openvino-bf16"] = (out / xml, "bf16")
+    if "int8" in result.files:
+        runs["openvino-int8"] = (out / result.files["int8"], "int8")
+    for kind, (path, prec) in runs.items():
+        result.parity[kind] = parity(ref, OpenVinoBackend(path, spec.preprocess, precision=prec), check_batches,
+                                     multi_label=multi, **known)
+        result.parity[kind]["images"] = "photos" if photos else "synthetic images"
+        _judge(result, kind, force)
+    entry: dict[str, Any] = {"fp32": xml, "weights": "model.bin", "openvino": ov.__version__,
+                             "precisions": [k.split("-", 1)[1] for k in runs],
+                             "parity": {k: result.parity[k] for k in runs}}
+    if "int8" in result.files:
+        entry["int8"] = result.files["int8"]  # the INT8 ONNX file, read by OpenVINO as it is
+    entry["passed"] = result.passed
+    return entry
 
 
 def _quantize_best(fp32_path: Path, int8_path: Path, ref, fp32, calib_u8: list[np.ndarray], multi: bool,
@@ -169,7 +231,7 @@ def _judge(result: ExportResult, kind: str, force: bool) -> None:
     if p["top1_agreement"] < need:
         reasons.append(f"it agrees with torch on the top class for {p['top1_agreement']:.1%} of {p['n']} images "
                        f"(need {need:.1%})")
-    if kind == "fp32" and p["max_abs_prob_diff"] > MAX_FP32_PROB_DIFF:
+    if kind in ("fp32", "openvino-fp32") and p["max_abs_prob_diff"] > MAX_FP32_PROB_DIFF:
         reasons.append(f"its probabilities differ from torch's by up to {p['max_abs_prob_diff']:.4f} "
                        f"(allowed {MAX_FP32_PROB_DIFF})")
     if "unknown_agreement" in p and p["unknown_agreement"] < need:

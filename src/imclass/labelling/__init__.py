@@ -30,6 +30,8 @@ class LabelSummary:
     load_seconds: float = 0.0  # opening the output and loading the model
     output: str | None = None
     model: str = ""
+    backend: str = ""  # the runtime that ran the model (torch | onnx | openvino) and its precision
+    precision: str = ""
     label_counts: Counter = field(default_factory=Counter)
 
     @property
@@ -45,6 +47,7 @@ def label_library(
     backend: str = "auto",
     threads: int | None = None,
     streams: int | None = None,
+    precision: str = "auto",
     output: str | os.PathLike | None = None,
     top_k: int = 5,
     batch_size: int | None = None,
@@ -66,6 +69,7 @@ def label_library(
     ``on_batch`` after every written batch. Interrupted runs continue with ``resume=True``: every
     image appears exactly once in the output. ``ids``: rows also carry ``class_index`` (the label's index in
     the model's label list; a list for multi-label rows) and ``wnid`` (its WordNet id, for ImageNet models).
+    ``backend`` / ``precision``: what runs the model (:meth:`Classifier.load`); the summary records what did.
     """
     if not sources:
         raise ImclassError("no sources given: pass image files or folders")
@@ -90,8 +94,9 @@ def label_library(
     if isinstance(model, Classifier):
         clf = model
     else:
-        clf = Classifier.load(model, device=device, backend=backend, threads=threads, streams=streams)
-    _ = clf.backend  # build the runtime now (an ONNX export on first use): loading, not labelling time
+        clf = Classifier.load(model, device=device, backend=backend, threads=threads, streams=streams,
+                              precision=precision)
+    runtime = clf.runtime  # build the runtime now (an ONNX export on first use): loading, not labelling time
     if isinstance(sink, PartsSink):  # continuing a folder of parts (written by a distributed run)
         sink.multi_label = clf.spec.task == "multi_label"
     sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
@@ -99,7 +104,8 @@ def label_library(
     done = sink.done if sink else set()
     summary = LabelSummary(skipped=len(done), errors=sink.errors_before if sink else 0,
                            output=os.fspath(output) if output else None,
-                           model=clf.spec.source or clf.spec.model_id)
+                           model=clf.spec.source or clf.spec.model_id, backend=runtime["backend"],
+                           precision=runtime["precision"])
 
     if on_total is not None:
         threading.Thread(target=lambda: on_total(count_image_paths(sources), len(done)),
