@@ -117,7 +117,8 @@ __all__ = [
 
 def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | None = None,
          templates: Sequence[str] | None = None, unknown_threshold: float | None = None, device: str = "auto",
-         threads: int | None = None, backend: str = "auto", streams: int | None = None) -> Classifier:
+         threads: int | None = None, backend: str = "auto", streams: int | None = None,
+         precision: str = "auto") -> Classifier:
     """Load a classifier: ``default`` (embedded ImageNet model), ``lite1``/``lite2`` (larger embedded ones), a
     bundle folder, ``hf:<id>``, a timm name (the grammar: :func:`models`).
 
@@ -125,7 +126,9 @@ def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | 
     against text prompts for each name (``templates``, e.g. ``["a photo of a {}."]``; default: a small
     ensemble). ``unknown_threshold``: a top score below it is ``unknown`` instead of the model's own rule (0:
     never; zero-shot models have none unless given).
-    ``backend``: ``auto`` (ONNX Runtime on CPU, torch on CUDA), ``torch``, ``onnx`` or ``onnx-int8``.
+    ``backend``: ``auto`` (ONNX Runtime on CPU, torch on CUDA), ``torch``, ``onnx``, ``onnx-int8`` or ``openvino``
+    (extra ``imclass[openvino]``); ``precision``: ``auto``, ``fp32``, ``bf16`` (OpenVINO, CPUs with bf16) or
+    ``int8`` (see :class:`Classifier`).
     ``threads``: CPU threads for the model; ``streams``: batches inferred at once, each with
     ``threads // streams`` threads (default: 2 for ONNX Runtime on CPU, else 1; 1 is best for latency).
 
@@ -134,7 +137,7 @@ def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | 
     from .classifier import Classifier
 
     return Classifier.load(name, device=device, threads=threads, backend=backend, streams=streams, classes=classes,
-                           templates=templates, unknown_threshold=unknown_threshold)
+                           templates=templates, unknown_threshold=unknown_threshold, precision=precision)
 
 
 def models() -> list[dict[str, str]]:
@@ -145,13 +148,16 @@ def models() -> list[dict[str, str]]:
 
 
 def export(model: Any = "default", out: str | os.PathLike | None = None, *, int8: bool = False,
-           calibration: Sequence[str | os.PathLike] | None = None, force: bool = False) -> ExportResult:
+           calibration: Sequence[str | os.PathLike] | None = None, force: bool = False, openvino: bool = False,
+           precision: str | None = None) -> ExportResult:
     """Export ``model`` (a name or a :class:`Classifier`) to an ONNX bundle folder ``out``, checked against torch.
 
     ``int8``: also write a static INT8 model, calibrated on ``calibration`` (image files or folders: photos
     like the ones it will label; at least 64). The parity of each file with the torch model is measured on
     held-out calibration photos (synthetic images without them) and recorded in the bundle's manifest; an
     export below the agreement thresholds is refused unless ``force``. Default ``out``: ``<model>-onnx``.
+    ``openvino``: also write OpenVINO IR (``model.xml``/``.bin``) with its parity at f32, bf16 (where the CPU has
+    it) and INT8 (with ``int8``); ``precision``: pin OpenVINO at that precision as the bundle's runtime.
     """
     from .classifier import Classifier
     from .engine.sources import iter_image_paths, validate_sources
@@ -173,7 +179,7 @@ def export(model: Any = "default", out: str | os.PathLike | None = None, *, int8
         clf = Classifier.load(name, device="cpu", backend="torch")
     target = out if out is not None else f"{os.path.basename(os.path.normpath(name)) or 'model'}-onnx"
     images = list(iter_image_paths([os.fspath(c) for c in calibration])) if calibration else None
-    return export_bundle(clf, target, int8=int8, images=images, force=force)
+    return export_bundle(clf, target, int8=int8, images=images, force=force, openvino=openvino, precision=precision)
 
 
 def embed(images: Sequence[Any], *, model: Any = "default", shas: Sequence[str | None] | None = None,
@@ -191,7 +197,8 @@ def embed(images: Sequence[Any], *, model: Any = "default", shas: Sequence[str |
 
 
 def train(data: Any, out: str | os.PathLike | None = None, *, config: Any = None, resume: bool = False,
-          progress=None, on_epoch=None, track: str | None = None, track_uri: str | None = None, **options: Any):
+          progress=None, on_epoch=None, track: str | None = None, track_uri: str | None = None, budget: Any = None,
+          on_candidate=None, **options: Any):
     """Train a classifier on ``data`` (a :class:`~imclass.data.Dataset`, class folders or a CSV); returns
     ``(Classifier, TrainResult)`` and writes the run folder ``out``. Options are the fields of :class:`TrainConfig`
     (``mode``, ``backbone``, ``epochs``, ``devices``...); see :func:`imclass.training.api.train`.
@@ -204,6 +211,11 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: Any = None
     ``"tensorboard"`` (``<out>/tensorboard/``) logs the parameters, per-epoch metrics, the validation confusion
     matrix and the bundle (extra ``imclass[track]``); ``result.metrics["tracking"]`` says where.
 
+    ``budget="10m"`` (s, m, h; ``"auto"``: 5 minutes) lets imclass choose: the probe first, then what can still win
+    in the time left (mirrored and enlarged views, Lite1 and Lite2 embeddings, fine-tuning), keeping the best on
+    validation; ``result.metrics["budget"]`` says what it tried and why it stopped. With ``mode=`` too, only that
+    mode's candidates are tried.
+
     >>> clf, result = imclass.train("flowers/", out="runs/flowers")
     >>> result.metrics["val"]["accuracy"]
     """
@@ -213,6 +225,9 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: Any = None
     if config is not None and options:
         raise ImclassError("pass either config= or keyword options, not both")
     cfg = config or TrainConfig(**options)
+    if budget is not None:
+        return train_one(data, out, config=config, resume=resume, progress=progress, on_epoch=on_epoch, track=track,
+                         track_uri=track_uri, budget=budget, on_candidate=on_candidate, **options)
     if cfg.devices > 1 or _under_torchrun():
         if track not in (None, "none"):
             raise ParameterError("track", "is not available for data-parallel runs yet ({devices} > 1)")

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import ParameterError
 from ..training.config import AUGMENTS, MODES
 from .options import (
     EXIT_OK,
@@ -33,6 +34,7 @@ from .progress import StageProgress
 def register(app: typer.Typer) -> None:
     command(app, example="imclass train photos/ --out runs/photos   |   "
                          "imclass train labels.csv --multi-label --out runs/tags   |   "
+                         "imclass train photos/ --budget 10m --out runs/best   |   "
                          "imclass train photos/ --mode finetune --epochs 10 --out runs/ft   |   "
                          "imclass train photos/ --mode finetune --devices 2 --out runs/ddp")(train)
 
@@ -42,7 +44,13 @@ def train(
                                          show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (a model bundle + metrics).")] = None,
     model: ModelOpt = None,
-    mode: Annotated[str, typer.Option("--mode", help=f"{' | '.join(MODES)}")] = "probe",
+    mode: Annotated[Optional[str], typer.Option(
+        "--mode", help=f"{' | '.join(MODES)} (default: probe; with --budget: only that mode's candidates)",
+        show_default=False)] = None,
+    budget: Annotated[Optional[str], typer.Option(
+        "--budget", help="Let imclass choose within this time (90s, 10m, 1h; auto = 5m): the probe first, then "
+                         "what can still win (mirrored and enlarged views, Lite1|2 features, fine-tuning); keeps the "
+                         "best on validation and says what it tried.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="finetune 15, scratch 30")] = None,
     augment: Annotated[str, typer.Option("--augment", help=f"{' | '.join(AUGMENTS)}")] = "default",
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Input size (px).")] = None,
@@ -91,6 +99,10 @@ def train(
     early stopping, checkpoints, --resume); scratch trains a small VGG-style CNN. The run folder is a model
     bundle: `imclass predict --model RUN` uses it.
 
+    --budget 10m lets imclass choose within the time: the probe first (its result in seconds), then the
+    candidates that can still win in the time left; the best on validation is kept, and the run says what it
+    tried and why it stopped. With --mode too, only that mode's candidates are tried.
+
     --devices N fine-tunes on N processes (torchrun -m imclass train ... across machines); --ray computes the
     probe's embeddings on a Ray cluster (into the embedding cache) first.
     """
@@ -99,6 +111,22 @@ def train(
 
     model = prefer(model, backbone, "--backbone", "--model")
     check_choice(track, ("none", "mlflow", "tensorboard"), "--track")
+    budget_opts: dict = {}
+    if budget is not None:
+        from ..training.budget import parse_duration
+
+        try:
+            parse_duration(budget)
+        except ParameterError as e:
+            raise typer.BadParameter(e.problem, param_hint="--budget") from None
+        if mode not in (None, "probe", "finetune"):
+            raise typer.BadParameter("with --budget, --mode restricts the candidates: probe or finetune",
+                                     param_hint="--mode")
+        if resume or find_lr or devices > 1:
+            flag = "--resume" if resume else "--find-lr" if find_lr else "--devices"
+            raise typer.BadParameter(f"does not go with {flag}", param_hint="--budget")
+        budget_opts = {"budget": budget, "restrict": mode}
+    mode = mode or "probe"
     cfg = TrainConfig(mode=mode, backbone=model or "default", epochs=epochs, augment=augment, image_size=image_size,
                       batch_size=batch_size, lr=lr, seed=seed, multi_label=multi_label,
                       val_fraction=val_fraction, balance=balance,
@@ -106,7 +134,7 @@ def train(
                       patience=patience, device=device, workers=workers, loader_workers=loader_workers,
                       devices=devices)
     scale_out = ray_options(ray, ray_address, actors, gpus_per_actor)
-    if scale_out is not None and mode != "probe":
+    if scale_out is not None and (mode != "probe" or budget is not None):
         raise typer.BadParameter("--ray computes the probe's embeddings; fine-tuning scales with --devices",
                                  param_hint="--ray")
     follower = _follower_process()
@@ -119,8 +147,18 @@ def train(
     if scale_out is not None:
         source = _embed_on_ray(source, cfg, quiet, scale_out)
     with StageProgress(err, quiet, width=28) as progress:
-        _, result = train_fn(source, out, config=cfg, resume=resume, progress=progress,
-                             on_epoch=lambda rec: progress.print(_epoch_line(rec)), track=track, track_uri=track_uri)
+        extra = {}
+        if budget_opts:
+            extra = {"budget": budget_opts["budget"], "on_candidate": lambda rec: progress.print(_candidate_line(rec))}
+            if budget_opts["restrict"] is not None:
+                extra["mode"] = budget_opts["restrict"]
+            _, result = train_fn(source, out, config=None, resume=resume, progress=progress,
+                                 on_epoch=lambda rec: progress.print(_epoch_line(rec)), track=track,
+                                 track_uri=track_uri, **extra, **_options(cfg))
+        else:
+            _, result = train_fn(source, out, config=cfg, resume=resume, progress=progress,
+                                 on_epoch=lambda rec: progress.print(_epoch_line(rec)), track=track,
+                                 track_uri=track_uri)
     if follower:  # a process of a torchrun run other than the first: process 0 reports and writes
         return EXIT_OK
     if as_json:
@@ -128,6 +166,41 @@ def train(
     elif not quiet:
         _print_result(err, result)
     return EXIT_OK
+
+
+def _options(cfg) -> dict:
+    """The config's fields as keyword options, less ``mode`` (a budgeted run chooses it)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "mode"}
+
+
+def _candidate_line(rec: dict) -> str:
+    from rich.markup import escape
+
+    name = escape(rec["candidate"])
+    if rec["status"] == "done":
+        return f"tried {name}: validation {rec['metric']} in {rec['seconds']:.0f}s"
+    if rec["status"] == "failed":
+        return f"[yellow]failed {name}[/yellow]: {escape(rec.get('why', ''))}"
+    return f"[dim]skipped {name}: {escape(rec.get('why', ''))}[/dim]"
+
+
+def _print_budget(err, plan: dict) -> None:
+    from rich.table import Table
+
+    from ..training.budget import format_duration
+
+    table = Table(title=f"budget {format_duration(plan['seconds'])}: what was tried (validation {plan['metric']})")
+    for col, just in (("candidate", "left"), (plan["metric"], "right"), ("seconds", "right"),
+                      ("estimate", "right"), ("", "left")):
+        table.add_column(col, justify=just, no_wrap=col == "candidate")
+    for c in plan["candidates"]:
+        mark = "kept" if c["candidate"] == plan["winner"] else (c.get("why") or "")
+        table.add_row(c["candidate"], "" if c["metric"] is None else str(c["metric"]),
+                      f"{c['seconds']:.0f}" if c["status"] != "skipped" else "-",
+                      "" if c["estimated_seconds"] is None else f"{c['estimated_seconds']:.0f}", mark)
+    err.print(table)
+    err.print(f"Kept {plan['winner']}; stopped: {plan['stopped']} ({plan['spent_seconds']:.0f}s of "
+              f"{format_duration(plan['seconds'])}).", highlight=False)
 
 
 def _follower_process() -> bool:
@@ -178,6 +251,8 @@ def _print_result(err, result) -> None:
     from rich.table import Table
 
     m = result.metrics
+    if m.get("budget"):
+        _print_budget(err, m["budget"])
     table = Table(title=f"{m['mode']} on {len(m['classes'])} classes ({m['task'].replace('_', '-')})")
     table.add_column("split")
     keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "micro_f1", "mAP", "log_loss", "ece",

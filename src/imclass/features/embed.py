@@ -26,6 +26,10 @@ from .cache import EmbeddingCache
 
 log = logging.getLogger("imclass")
 KEY_VERSION = "features-v1"  # bump when what an embedding *is* changes (pooling, preprocessing code)
+#: Augmented views of an image (each cached under its own key): the model input mirrored (``flip``), its
+#: central 80% enlarged back to the input size (``zoom``), or both (``zoomflip``). The probe of a time budget
+#: adds them to its training rows (:mod:`imclass.training.budget`).
+VIEWS = ("", "flip", "zoom", "zoomflip")
 
 
 @dataclass
@@ -71,10 +75,15 @@ class Embedder:
     :class:`~imclass.classifier.Classifier`. ``backend``: ``auto`` (ONNX Runtime on CPU, torch on GPU),
     ``torch`` or ``onnx``. ``taps``: instead of the pre-classifier features, the concatenated pooled
     features of these layers (see :func:`imclass.models.open_set.candidate_taps`), cached under their own key.
+    ``view``: one of :data:`VIEWS`, an augmented view of every image instead of the model input itself.
     """
 
     def __init__(self, backbone: Any = "default", *, device: str = "auto", backend: str = "auto",
-                 threads: int | None = None, cache: EmbeddingCache | bool = True, taps: tuple[str, ...] = ()):
+                 threads: int | None = None, cache: EmbeddingCache | bool = True, taps: tuple[str, ...] = (),
+                 view: str = ""):
+        if view not in VIEWS:
+            raise ImclassError(f"unknown view {view!r}; use one of {', '.join(repr(v) for v in VIEWS)}")
+        self.view = view
         self._clf = None if isinstance(backbone, (str, os.PathLike)) else backbone
         self._name_or_path = os.fspath(backbone) if isinstance(backbone, (str, os.PathLike)) else None
         self.device, self.backend_name, self.threads = device, backend, threads
@@ -105,8 +114,11 @@ class Embedder:
         """Cache key: hash of the backbone's weights, architecture, preprocessing and :data:`KEY_VERSION`."""
         if self._key is None:
             key = self._light_key() or self._model_key()
-            self._key = key if not self.taps else hashlib.sha256(f"{key}|taps={','.join(self.taps)}".encode()
-                                                                 ).hexdigest()[:32]
+            if self.taps:
+                key = hashlib.sha256(f"{key}|taps={','.join(self.taps)}".encode()).hexdigest()[:32]
+            if self.view:
+                key = hashlib.sha256(f"{key}|view={self.view}".encode()).hexdigest()[:32]
+            self._key = key
         return self._key
 
     def _light_spec(self):
@@ -172,13 +184,22 @@ class Embedder:
                 self._run = TorchBackend(model, spec.preprocess, device=self.device, threads=self.threads)
         return self._run
 
+    def with_view(self, view: str) -> Embedder:
+        """This embedder for another of :data:`VIEWS` (same model, runtime and cache; its own cache key)."""
+        if view not in VIEWS:
+            raise ImclassError(f"unknown view {view!r}; use one of {', '.join(repr(v) for v in VIEWS)}")
+        other = copy.copy(self)
+        other.view, other._key = view, None
+        return other
+
     def prepare(self) -> Embedder:
         """Build the runtime now (an ONNX export on first use) rather than at the first :meth:`embed`."""
         self._runner()
         return self
 
     def decode(self, item: Any) -> np.ndarray:
-        return self.spec.preprocess.load(item)
+        arr = self.spec.preprocess.load(item)
+        return arr if not self.view else augmented_view(arr, self.view)
 
     def embed(self, items: Sequence[Any], shas: Sequence[str | None] | None = None, *,
               batch_size: int | None = None, workers: int | None = None,
@@ -244,6 +265,21 @@ def embed_dataset(dataset, backbone: Any = "default", **kwargs) -> Embeddings:
             out.errors[i] = err
             out.vectors[i] = np.nan
     return out
+
+
+def augmented_view(arr: np.ndarray, view: str) -> np.ndarray:
+    """A model input (``uint8`` HWC) seen another way: ``flip`` mirrors it, ``zoom`` enlarges its central 80%
+    back to the full size (bicubic), ``zoomflip`` does both."""
+    if "zoom" in view:
+        from PIL import Image
+
+        h, w = arr.shape[:2]
+        dh, dw = int(round(h * 0.1)), int(round(w * 0.1))
+        img = Image.fromarray(np.ascontiguousarray(arr[dh:h - dh, dw:w - dw]))
+        arr = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8)
+    if "flip" in view:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(arr)
 
 
 def _key(kind: str, weights: str, extra: dict[str, Any]) -> str:

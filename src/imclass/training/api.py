@@ -26,7 +26,8 @@ IMBALANCE_AUTO = 3.0  # largest / smallest class count at which class weighting 
 def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfig | None = None,
           resume: bool = False, progress: Progress | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, strategy: Any = None,
-          track: str | None = None, track_uri: str | None = None, **options: Any):
+          track: str | None = None, track_uri: str | None = None, budget: Any = None,
+          on_candidate: Callable[[dict[str, Any]], None] | None = None, **options: Any):
     """Train a classifier on ``data`` (a :class:`~imclass.data.Dataset`, class folders or a CSV).
 
     Options are the fields of :class:`TrainConfig` (``mode="probe"|"finetune"|"scratch"``, ``backbone``,
@@ -39,13 +40,29 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
     ``tensorboard`` logs the run (:mod:`imclass.tracking`; ``track_uri``: the MLflow store or the event folder);
     ``metrics["tracking"]`` then says where it went.
 
+    ``budget`` (``"90s"``, ``"10m"``, ``"1h"``, seconds, or ``"auto"``: 5 minutes): try what fits in that time
+    on this machine, cheapest first, and keep the best on validation (:mod:`imclass.training.budget`); a ``mode``
+    keyword then restricts the candidates to ``probe`` or ``finetune``. ``metrics["budget"]`` lists every
+    candidate (metric, seconds, or why it was skipped), the winner and why the run stopped;
+    ``on_candidate(record)`` is called as each one is decided.
+
     >>> clf, result = imclass.train("flowers/", out="runs/flowers")
     >>> result.metrics["val"]["accuracy"]
     """
     from ..classifier import Classifier
 
     t0 = time.perf_counter()
+    budget_s = restrict = None
+    if budget is not None:
+        from .budget import parse_duration
+
+        budget_s = parse_duration(budget)
+        restrict = options.get("mode")
+        if resume:
+            raise ParameterError("resume", "does not apply to a budgeted run (it chooses what to train afresh)")
     cfg = _config(config, options)
+    if budget_s is not None and cfg.devices > 1:
+        raise ParameterError("budget", "applies to one process (not with devices > 1)")
     ds, made_val = _prepare(data, cfg)
     counts = ds.class_counts("train")
     nonzero = [c for c in counts.values() if c > 0]
@@ -61,6 +78,8 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
     if out is not None and not resume and (Path(out) / "imclass.json").exists():
         raise ParameterError("out", f"{out} already holds a trained model; choose another (or delete it)")
     if strategy is not None and strategy.world > 1:
+        if budget_s is not None:
+            raise ParameterError("budget", "applies to one process (not with devices > 1)")
         if cfg.mode == "probe":
             raise ParameterError("devices", "applies to finetune and scratch (the probe fits a head on cached "
                                             "embeddings; compute them on a cluster with --ray)")
@@ -70,8 +89,17 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
     if log is not None:
         on_epoch = _both(on_epoch, log.epoch)
     try:
-        trained = _run_mode(ds, cfg, balanced, progress, None if out is None else Path(out), resume, on_epoch,
-                            strategy)
+        plan = None
+        if budget_s is not None:
+            from .budget import Planner
+
+            trained, cfg, plan = Planner(ds, cfg, balanced, budget_s, start=t0, restrict=restrict, progress=progress,
+                                         on_epoch=on_epoch, on_candidate=on_candidate).run()
+            trained.details["budget"] = plan
+            notes.append(_budget_note(plan))
+        else:
+            trained = _run_mode(ds, cfg, balanced, progress, None if out is None else Path(out), resume, on_epoch,
+                                strategy)
         if trained is None:  # another process of a data-parallel run: the main one finishes and writes
             return None, TrainResult(out=None, metrics={}, config=cfg, seconds=time.perf_counter() - t0, notes=notes)
         notes += trained.notes
@@ -79,6 +107,8 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
         seconds = time.perf_counter() - t0
         metrics["seconds"] = round(seconds, 2)
         metrics["images_per_second"] = round(trained.images / seconds, 2) if seconds else None
+        if plan is not None:
+            metrics["budget"] = plan
         if log is not None:
             metrics["tracking"] = spec.provenance["tracking"] = log.where
         spec.metrics = metrics
@@ -95,6 +125,15 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
     if log is not None:
         _finish_log(log, clf, ds, trained, result)
     return clf, result
+
+
+def _budget_note(plan: dict[str, Any]) -> str:
+    from .budget import format_duration
+
+    done = [c for c in plan["candidates"] if c["status"] == "done"]
+    return (f"budget {format_duration(plan['seconds'])}: tried {len(done)} of {len(plan['candidates'])} candidates "
+            f"in {plan['spent_seconds']:.0f}s; kept {plan['winner']} (best validation {plan['metric']}); "
+            f"stopped: {plan['stopped']}")
 
 
 def _start_log(track: str | None, uri: str | None, out, ds: Dataset, cfg: TrainConfig, strategy: Any):

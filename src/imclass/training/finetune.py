@@ -20,7 +20,7 @@ import math
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +130,11 @@ def _seed_everything(seed: int) -> None:
 # ---- the run: the generic loop (loop.py) with this module's parts and callbacks (callbacks.py) ---------
 def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, *, out: Path | None = None,
                   resume: bool = False, on_epoch: EpochHook | None = None,
-                  strategy: Single | None = None) -> Trained | None:
+                  strategy: Single | None = None, callbacks: Sequence[cbs.Callback] = ()) -> Trained | None:
     """Fine-tune (or train from scratch) on ``ds``. ``strategy``: how processes share the run (default: one);
     in a data-parallel run ``cfg.batch_size`` is the global batch, each of the ``world`` processes takes its share,
-    and only the main process (rank 0) returns a result: the others return None once the fit is over."""
+    and only the main process (rank 0) returns a result: the others return None once the fit is over.
+    ``callbacks``: more fit callbacks (a time budget's deadline)."""
     import torch
 
     strategy = strategy or SINGLE
@@ -199,9 +200,10 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
                 "dataset": ds.fingerprint()}
     if strategy.world > 1:  # the shuffle depends on the number of processes: a resume keeps it
         identity["processes"] = strategy.world
+    extra = list(callbacks)
     callbacks = [cbs.FreezeBackbone(head_params, freeze_epochs), cbs.Validation(val_scores if len(va_idx) else None),
                  cbs.TrackBest(_monitor), cbs.Checkpoints(ckpt_dir, identity, resume, write=strategy.main),
-                 cbs.EarlyStopping(cfg.patience), cbs.FaultPoints("finetune"), *strategy.callbacks()]
+                 cbs.EarlyStopping(cfg.patience), cbs.FaultPoints("finetune"), *strategy.callbacks(), *extra]
     if progress is not None and strategy.main:
         callbacks.append(cbs.Progress(progress))
     if on_epoch is not None and strategy.main:
@@ -219,8 +221,9 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
     val_logits = predict_logits(model, [paths[i] for i in va_idx], pre, device, cfg.batch_size, cfg.workers)
     test_logits = predict_logits(model, [paths[i] for i in te_idx], pre, device, cfg.batch_size, cfg.workers)
     stopped = len(history) < epochs
-    notes = [f"{cfg.mode}: {len(history)} epochs" + (f" (early stop after {cfg.patience} without improvement)"
-                                                     if stopped else "")
+    why = ("the time budget" if history and history[-1].get("stopped_by") == "budget"
+           else f"early stop after {cfg.patience} without improvement")
+    notes = [f"{cfg.mode}: {len(history)} epochs" + (f" ({why})" if stopped else "")
              + f", best epoch {max(history, key=_monitor)['epoch'] if history else '-'}"]
     if freeze_epochs:
         notes.append("epoch 1 trained the new head only; then all layers, backbone at 1/10 of the head's LR")

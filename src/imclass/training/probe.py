@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -21,8 +22,11 @@ OOF_FOLDS = 5
 
 
 def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
-                progress: Callable[[str, int, int | None], None] | None = None) -> Trained:
-    """Embed every image (cache first), fit the head on ``train``, choose ``C`` on ``val``."""
+                progress: Callable[[str, int, int | None], None] | None = None, views: tuple[str, ...] = ()) -> Trained:
+    """Embed every image (cache first), fit the head on ``train``, choose ``C`` on ``val``. ``views``
+    (:data:`imclass.features.embed.VIEWS`): the training images are also embedded as these augmented views and
+    added as more training rows (validation stays on the plain images, as the bundle will see them)."""
+    t0 = time.perf_counter()
     embedder = Embedder(cfg.backbone, device=cfg.device)
     total = len(ds)
     done = 0
@@ -47,10 +51,37 @@ def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
     if not tr.any():
         raise ImclassError("no readable training images")
     x = emb.vectors
+    x_fit, y_fit = x[tr], y_all[tr]
+    views_computed = 0
+    if views:
+        tr_rows = np.flatnonzero(tr)
+        paths = table["path"].to_numpy()[tr_rows].tolist()
+        shas = [s if isinstance(s, str) else None for s in table["sha256"].to_numpy()[tr_rows]]
+        parts_x, parts_y = [x_fit], [y_fit]
+        _ = embedder.classifier  # built once here, shared by the views' embedders (and needed for the bundle anyway)
+        for view in views:
+            done = 0
+            total = len(tr_rows)
+
+            def tick_view(n: int, view: str = view, total: int = total) -> None:
+                nonlocal done
+                done += n
+                if progress is not None:
+                    progress(f"embedding ({view})", done, total)
+
+            got = embedder.with_view(view).embed(paths, shas, progress=tick_view, workers=cfg.workers)
+            views_computed += got.computed
+            parts_x.append(got.vectors[got.ok])
+            parts_y.append(y_all[tr_rows][got.ok])
+        x_fit, y_fit = np.concatenate(parts_x), np.concatenate(parts_y)
+        notes.append(f"training rows also as their {', '.join(views)} view{'s' if len(views) > 1 else ''}: "
+                     f"{len(x_fit)} rows from {int(tr.sum())} images")
+    embed_seconds = time.perf_counter() - t0
     if progress is not None:
         progress("fitting head", 0, None)
-    head = fit_head(x[tr], y_all[tr], x[va] if va.any() else None, y_all[va] if va.any() else None,
+    head = fit_head(x_fit, y_fit, x[va] if va.any() else None, y_all[va] if va.any() else None,
                     num_classes=len(ds.classes), multi_label=ds.multi_label, balanced=balanced, seed=cfg.seed)
+    fit_seconds = time.perf_counter() - t0 - embed_seconds
     calib_logits = calib_index = None
     if va.sum() < SMALL_VAL and tr.sum() >= 25:
         if progress is not None:
@@ -75,5 +106,9 @@ def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
         calib_logits=calib_logits, calib_index=calib_index,
         history=history, images=int(tr.sum()), notes=notes,
         details={"C": head.C, "embeddings": {"backbone_key": emb.backbone, "computed": emb.computed,
-                                             "cached": int(ok.sum()) - emb.computed, "dim": int(x.shape[1])}},
+                                             "cached": int(ok.sum()) - emb.computed, "dim": int(x.shape[1]),
+                                             **({"views": list(views), "views_computed": views_computed}
+                                                if views else {}),
+                                             "train_rows": int(len(x_fit)), "seconds": round(embed_seconds, 2),
+                                             "fit_seconds": round(fit_seconds, 2)}},
     )
