@@ -65,3 +65,15 @@ def test_an_upward_import_breaks_the_contract(tmp_path, module, statement):
     assert "BROKEN" in r.stdout
     r = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout  # the real tree keeps it
+
+
+def test_the_export_function_survives_importing_the_export_package():
+    """``imclass.export`` stays the API function after ``imclass.export.*`` modules are imported (a studio task
+    once failed with "'module' object is not callable")."""
+    import inspect
+
+    import imclass
+    import imclass.export.bundle
+    from imclass.export import quantize_int8  # noqa: F401
+
+    assert inspect.isfunction(imclass.export), imclass.export

@@ -234,3 +234,39 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
 
+
+
+def test_a_task_that_raises_is_failed_and_the_runner_goes_on(tmp_path, monkeypatch):
+    """An unexpected error in a task (export, folder labelling) marks it failed; the next task still runs."""
+    import threading
+
+    from imclass.studio import projects, runner, tasks
+    from imclass.studio.db import Database
+
+    db = Database(tmp_path / "studio.sqlite3")
+    db.migrate()
+    pid = projects.create_project(db, "p")
+    with db.tx() as con:
+        rid = con.execute("INSERT INTO runs (project_id, status, mode, params, created) VALUES (?, 'done', 'probe', "
+                          "'{}', ?)", (pid, projects.now())).lastrowid
+    bad, good = (tasks.create_task(db, rid, "export", {}) for _ in range(2))
+    done = threading.Event()
+
+    def execute(db_, data_dir, tid):
+        if tid == bad:
+            raise TypeError("a bug")
+        with db_.tx() as con:
+            con.execute("UPDATE tasks SET status = 'done' WHERE id = ?", (tid,))
+        done.set()
+
+    monkeypatch.setattr(tasks, "execute", execute)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.loop, args=(tmp_path, stop), daemon=True)
+    thread.start()
+    try:
+        assert done.wait(60), "the runner stopped after the failing task"
+    finally:
+        stop.set()
+        thread.join(30)
+    assert tasks.task(db, bad)["status"] == "failed" and "TypeError: a bug" in tasks.task(db, bad)["error"]
+    assert tasks.task(db, good)["status"] == "done"

@@ -12,6 +12,8 @@ on first use so that ``import imclass`` stays cheap.
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING
 
 from .version import __version__
@@ -129,3 +131,20 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``imclass.export`` is the API function, also after the workflow package of the same name is imported.
+
+    Importing a submodule binds it as an attribute of its parent, so the first ``import imclass.export.bundle``
+    anywhere in a process would turn ``imclass.export(...)`` into a module ("'module' object is not
+    callable"). The package stays importable by its full name (``from imclass.export.bundle import ...``).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "export" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

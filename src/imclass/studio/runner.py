@@ -37,7 +37,13 @@ def loop(data_dir: Path, stop: threading.Event) -> None:
         if rid is None:
             tid = tasks.claim(db)
             if tid is not None:
-                tasks.execute(db, Path(data_dir), tid)
+                try:
+                    tasks.execute(db, Path(data_dir), tid)
+                except Exception as e:  # a bug in one task (export, folder labelling) must not end the runner
+                    log.exception("task %d failed", tid)
+                    with db.tx() as con:
+                        con.execute("UPDATE tasks SET status = 'failed', error = ? WHERE id = ? AND status = 'running'",
+                                    (f"{type(e).__name__}: {e}"[:1000], tid))
                 continue
             stop.wait(IDLE_SECONDS)
             continue
