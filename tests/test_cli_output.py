@@ -23,8 +23,8 @@ def test_bar_and_summary_agree(capsys, tmp_path):
     assert main(["predict", str(SAMPLES), "-o", str(tmp_path / "p.csv"), "-b", "1", "--streams", "1"]) == 0
     err = capsys.readouterr().err
     bar = re.search(r"Labelling\s.*?4/4\s+([\d.]+) img/s", err)
-    summary = re.search(r"Labelled 4 images in ([\d.]+)s \(([\d.]+) img/s\) with default; the model loaded in "
-                        r"([\d.]+)s", err)
+    summary = re.search(r"Labelled 4 images in ([\d.]+)s \(([\d.]+) img/s\) with default \(onnx fp32\); "
+                        r"the model loaded in ([\d.]+)s", err)
     assert bar and summary, err
     bar_rate, summary_rate = float(bar.group(1)), float(summary.group(2))
     assert abs(bar_rate - summary_rate) <= 0.25 * summary_rate, (bar_rate, summary_rate)

@@ -144,6 +144,55 @@ def test_bad_run_requests(trained):
 
 
 @pytest.mark.realdata
+def test_budget_run_tries_candidates_reports_them_and_cancels(trained):
+    """Mode budget: imclass.train(budget=) with every candidate; each one decided is an event, the metrics keep
+    the table; a bad budget is refused (422); a cancel in the middle of a budgeted run stops it."""
+    c, pid, _, _ = trained
+    for bad in (0, -1, "x", 0.1, 601):
+        r = c.post(f"/api/v1/projects/{pid}/runs", json={"mode": "budget", "budget_minutes": bad})
+        assert r.status_code == 422, (bad, r.text)
+    assert c.post(f"/api/v1/projects/{pid}/runs", json={"mode": "probe", "budget_minutes": 1}).status_code == 422
+    queued = c.post(f"/api/v1/projects/{pid}/runs", json={"mode": "budget"}).json()
+    assert queued["params"]["budget_minutes"] == 5  # the default
+    c.post(f"/api/v1/runs/{queued['id']}/cancel")
+    rid = c.post(f"/api/v1/projects/{pid}/runs", json={"mode": "budget", "budget_minutes": 0.5}).json()["id"]
+    run = wait_run(c, rid)
+    assert run["status"] == "done", run
+    plan = run["metrics"]["budget"]
+    assert plan["seconds"] == 30 and plan["winner"] and plan["stopped"]
+    done = [x for x in plan["candidates"] if x["status"] == "done"]
+    assert done and plan["winner"] in [x["candidate"] for x in done]
+    assert all(x["status"] in ("done", "skipped", "failed") for x in plan["candidates"])
+    with c.stream("GET", f"/api/v1/runs/{rid}/events") as s:
+        lines = list(s.iter_lines())
+    events = [(lines[i].split(": ", 1)[1], json.loads(lines[i + 1].split(": ", 1)[1]))
+              for i in range(len(lines) - 1) if lines[i].startswith("event:")]
+    candidates = [d for k, d in events if k == "candidate"]
+    assert [d["candidate"] for d in candidates] == [x["candidate"] for x in plan["candidates"]]
+    assert "epoch" in [k for k, _ in events]  # the curves and the preview have the winner's figures
+    page = c.get(f"/runs/{rid}").text
+    assert 'id="budget-candidates"' in page and plan["winner"] in page and "Best in a time budget" in page
+    assert c.post(f"/api/v1/runs/{rid}/resume").status_code == 422  # a budget chooses afresh: Retrain
+
+    long = c.post(f"/api/v1/projects/{pid}/runs", json={"mode": "budget", "budget_minutes": 10}).json()["id"]
+    t0 = time.monotonic()
+    while "candidate" not in _events(c, long):  # the first probe is decided: cancel while the others train
+        assert time.monotonic() - t0 < DEADLINE and c.get(f"/api/v1/runs/{long}").json()["status"] != "done"
+        time.sleep(0.2)
+    assert c.post(f"/api/v1/runs/{long}/cancel").status_code == 200
+    t0 = time.monotonic()
+    run = wait_run(c, long)
+    assert run["status"] == "cancelled", run
+    assert time.monotonic() - t0 < 300  # stopped, not left to spend its 10 minutes
+
+
+def _events(c, rid: int) -> list[str]:
+    from imclass.studio import runs
+
+    return [e["kind"] for e in runs.events(c.app.state.studio.db, rid)]
+
+
+@pytest.mark.realdata
 def test_finetune_live_curve_and_cancel(datasets, tmp_path):
     src = photos(datasets, tmp_path / "photos", per_class=10)
     app = create_app(StudioSettings(data_dir=tmp_path / "studio", worker="thread"))

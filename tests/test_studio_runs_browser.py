@@ -180,6 +180,11 @@ def test_train_a_probe_from_the_train_page_and_watch_it(flowers, studio, page, b
     page.wait_for_url(f"**/projects/{pid}/train")
     assert page.locator("header nav a[aria-current=page]").inner_text() == "Train"
     assert f"{flowers['val']} validation images" in page.inner_text(".validation")  # the import's own split
+    # the default: the best in a time budget (5 minutes), which chooses its own epochs, batch and learning rate
+    assert page.locator("input[name=mode]").first.get_attribute("value") == "budget"
+    assert page.is_checked("input[name=mode][value=budget]")
+    assert page.locator("#train-budget").is_visible() and page.input_value("#train-budget") == "5"
+    assert page.locator("#train-epochs").is_disabled() and page.locator("#train-augment").is_enabled()
     preview = page.locator("#augment-preview")
     page.wait_for_function("() => { const i = document.querySelector('#augment-preview'); "
                            "return i.complete && i.naturalWidth > 0; }")
@@ -190,6 +195,7 @@ def test_train_a_probe_from_the_train_page_and_watch_it(flowers, studio, page, b
     page.wait_for_function("() => { const i = document.querySelector('#augment-preview'); return i.src.includes("
                            "'preset=heavy') && i.complete && i.naturalWidth > 0 && !i.classList.contains('loading'); }")
     assert "size=128" in preview.get_attribute("src")
+    assert page.locator("#train-budget").is_hidden()
     screens(page, "runs-01-train", full_page=True)
     page.check("input[name=mode][value=probe]")
     assert page.locator("#train-epochs").is_disabled() and page.locator("#train-augment").is_disabled()
@@ -242,6 +248,37 @@ def test_train_a_probe_from_the_train_page_and_watch_it(flowers, studio, page, b
     assert row.locator(".status").inner_text() == "Done" and "%" in row.inner_text()
     page.goto(f"{studio.url}/projects/{pid}")
     page.locator(f"#project-runs tr[data-run='{rid}']").wait_for()
+
+
+@pytest.mark.realdata
+def test_train_a_budget_run_and_read_its_candidates(flowers, studio, page, screens):
+    """The default mode, started from the train page with the smallest budget: the live page lists each
+    candidate as it is decided; the report tabulates them, with the one kept and why the run stopped."""
+    pid = flowers["pid"]
+    page.goto(f"{studio.url}/projects/{pid}/train")
+    screens(page, "runs-01b-train-budget")
+    page.fill("#train-budget", "0.5")
+    page.click("#train-start")
+    page.wait_for_url("**/runs/*")
+    rid = int(page.url.rstrip("/").split("/")[-1])
+    page.wait_for_function("window.studioRun && (window.studioRun.candidates.length >= 1 || "
+                           "window.studioRun.finished)", timeout=RUN_MS)
+    if page.evaluate("window.studioRun.status") == "running":
+        screens(page, "runs-02b-live-budget")
+    wait_done(page, studio, rid)
+    run = api(studio, f"/runs/{rid}")
+    assert run["mode"] == "budget" and run["params"]["budget_minutes"] == 0.5
+    plan = run["metrics"]["budget"]
+    assert page.locator("#run-candidates li").count() == len(plan["candidates"])
+    rows = page.locator("#budget-candidates tbody tr")
+    assert rows.count() == len(plan["candidates"])
+    assert page.inner_text("#budget-winner") == plan["winner"]
+    assert page.locator("#budget-candidates tr.winner").count() == 1
+    assert page.inner_text("#budget-stopped") == plan["stopped"]
+    page.reload()
+    page.locator("#budget-report").wait_for()
+    scroll_to(page, "#evaluation")
+    screens(page, "runs-03b-budget-report")
 
 
 # ---- 2. a confusion cell reviewed with hotkeys, retrain, compare -------------------------------------------

@@ -30,7 +30,8 @@ from .pages import QUEUES, render
 
 router = APIRouter(include_in_schema=False)
 
-MODE_NAMES = {"probe": "Quick probe", "finetune": "Fine-tune", "scratch": "From scratch"}
+MODE_NAMES = {"budget": "Best in a time budget", "probe": "Quick probe", "finetune": "Fine-tune",
+              "scratch": "From scratch"}
 STATUS_NAMES = {"queued": "Waiting", "running": "Training", "done": "Done", "failed": "Failed",
                 "cancelled": "Cancelled", "interrupted": "Interrupted"}
 ACTIVE = ("queued", "running")
@@ -68,6 +69,13 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
+def _seconds(x: Any) -> str:
+    """A candidate's time: tenths under 10 s (a cached probe takes less than one)."""
+    if not isinstance(x, (int, float)):
+        return ""
+    return f"{x:.1f} s" if x < 10 else _duration(x)
+
+
 def _pct(x: Any) -> str:
     return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "–"
 
@@ -79,7 +87,9 @@ def _settings_text(run: dict[str, Any]) -> list[str]:
     p, d = run["params"], TrainConfig()
     model = p.get("model") or "built-in (EfficientNet-Lite0)"
     out = [f"model: {Path(model).name if '/' in model else model}"]
-    if run["mode"] != "probe":
+    if run["mode"] == "budget":
+        out.insert(0, f"budget {p.get('budget_minutes', runs.DEFAULT_BUDGET_MINUTES):g} min")
+    if run["mode"] != "probe" and (run["mode"] != "budget" or p.get("epochs")):
         out.append(f"{p['epochs']} epochs" if p.get("epochs") else "default epochs")
         out.append(f"augmentation {p.get('augment', d.augment)}")
     if p.get("image_size"):
@@ -153,7 +163,7 @@ def train_page(request: Request, pid: int, start: int | None = None):
     models = [{"value": r["bundle"], "title": f"The model of run #{r['id']} ({r['mode_name'].lower()}"
                + (f", {r['score_text']} {r['score_name']})" if r["score_text"] else ")")}
               for r in all_runs if r["status"] == "done" and r["bundle"]]
-    initial: dict[str, Any] = {"mode": "probe"}
+    initial: dict[str, Any] = {"mode": "budget"}
     problem = None
     if start is not None:
         source = _run(request, start)
@@ -249,17 +259,48 @@ def run_page(request: Request, rid: int):
     db = _db(request)
     project = projects.project(db, run["project_id"])
     view = run_view(run)
-    events = [e for e in runs.events(db, rid) if e["kind"] in ("epoch", "status", "note")]
+    events = [e for e in runs.events(db, rid) if e["kind"] in ("epoch", "status", "note", "candidate")]
     ahead = db.scalar("SELECT COUNT(*) FROM runs WHERE (status = 'running' OR (status = 'queued' AND id < ?))",
                       (rid,)) if run["status"] == "queued" else 0
     last = db.scalar("SELECT MAX(id) FROM run_events WHERE run_id = ?", (rid,)) or 0
     config = {"rid": rid, "pid": project["id"], "status": run["status"], "mode": run["mode"],
               "epochs": 1 if run["mode"] == "probe" else run["epochs"], "epoch": run["epoch"],
               "stage": run["stage"], "done": run["done"], "total": run["total"], "started": run["started"],
-              "server_now": time.time(), "events": events, "last": last, "classes": project_classes(project)}
+              "server_now": time.time(), "events": events, "last": last, "classes": project_classes(project),
+              "ladder": _ladder(run)}
     others = [r for r in _runs_of(request, project["id"]) if r["status"] == "done" and r["id"] != rid]
     return render(request, "run.html", "train", project, run=view, config=config, ahead=ahead, others=others,
                   **(_report(request, run, project) if run["status"] == "done" else {}))
+
+
+def _ladder(run: dict[str, Any]) -> list[str]:
+    """A budgeted run's candidates in the order it tries them (the live page says which one it is trying)."""
+    if run["mode"] != "budget":
+        return []
+    from ..training.budget import ladder
+
+    try:
+        return [c.name for c in ladder(run["params"].get("model") or "default")]
+    except Exception:  # a model name the ladder cannot read: the page then shows only what was decided
+        return []
+
+
+def _budget_view(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's table of a budgeted run's candidates (result, seconds or why skipped), winner and stop."""
+    plan = metrics.get("budget")
+    if not isinstance(plan, dict):
+        return None
+    rows = []
+    for c in plan.get("candidates", []):
+        name = c.get("candidate") or c.get("name")
+        metric = c.get("metric")
+        rows.append({"name": name, "status": c.get("status"), "winner": name == plan.get("winner"),
+                     "result": _pct(metric) if isinstance(metric, (int, float)) else "–",
+                     "seconds": _seconds(c.get("seconds")) if c.get("status") != "skipped" else "",
+                     "why": c.get("why") or c.get("reason") or ""})
+    return {"rows": rows, "winner": plan.get("winner"), "stopped": plan.get("stopped"),
+            "metric": plan.get("metric", "accuracy"),
+            "budget": _duration(plan.get("seconds")), "spent": _duration(plan.get("spent_seconds"))}
 
 
 def project_classes(project: dict[str, Any]) -> list[str]:
@@ -314,6 +355,7 @@ def _report(request: Request, run: dict[str, Any], project: dict[str, Any]) -> d
     all_tasks = [tasks.task(db, t["id"]) for t in task_rows]
     quoted = shlex.quote(str(bundle)) if bundle else "RUN_FOLDER"
     return {"cards": cards, "notes": metrics.get("notes", []), "per_class": per_class,
+            "budget": _budget_view(metrics),
             "matrix": matrix, "pairs": pairs, "top_losses": top_losses,
             "reliability": _reliability(ev.get("calibration")), "ece": (ev.get("calibration") or {}).get("ece"),
             "confidence": ev.get("confidence") or {},

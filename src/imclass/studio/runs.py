@@ -23,10 +23,13 @@ from .db import Database
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINISHED = ("done", "failed", "cancelled", "interrupted")
-MODES = ("probe", "finetune", "scratch")
-#: Train parameters a run accepts (the rest of TrainConfig keeps its defaults), with their checks.
+MODES = ("budget", "probe", "finetune", "scratch")
+#: Train parameters a run accepts (the rest of TrainConfig keeps its defaults), with their checks;
+#: ``budget_minutes`` only with mode ``budget`` (the best of what fits in that time: ``imclass.train(budget=)``).
 PARAMS = ("model", "epochs", "augment", "image_size", "val_fraction", "balance", "unknown_coverage", "seed",
-          "batch_size", "lr")
+          "batch_size", "lr", "budget_minutes")
+DEFAULT_BUDGET_MINUTES = 5.0
+BUDGET_MINUTES = (0.5, 600.0)
 TOP_LOSSES = 12
 
 
@@ -42,9 +45,21 @@ def check_params(mode: str, params: dict[str, Any]) -> dict[str, Any]:
         raise ParameterError("params", f"has unknown settings {', '.join(unknown)}")
     from ..api import TrainConfig
 
-    cfg = {k: v for k, v in params.items() if v is not None and k != "model"}
-    TrainConfig(mode=mode, backbone=params.get("model") or "default", **cfg)  # validates (ParameterError)
-    return {k: v for k, v in params.items() if v is not None}
+    params = {k: v for k, v in params.items() if v is not None}
+    if mode == "budget":
+        minutes = params.setdefault("budget_minutes", DEFAULT_BUDGET_MINUTES)
+        lo, hi = BUDGET_MINUTES
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not lo <= minutes <= hi:
+            raise ParameterError("budget_minutes", f"must be a number of minutes from {lo:g} to {hi:g}, "
+                                                   f"not {minutes!r}")
+        params["budget_minutes"] = float(minutes)
+    elif "budget_minutes" in params:
+        raise ParameterError("budget_minutes", "applies only to mode budget")
+    cfg = {k: v for k, v in params.items() if k not in ("model", "budget_minutes")}
+    # a budget's candidates are probes and a fine-tune: its settings are checked as a fine-tune's
+    TrainConfig(mode="finetune" if mode == "budget" else mode, backbone=params.get("model") or "default",
+                **cfg)  # validates (ParameterError)
+    return params
 
 
 def create_run(db: Database, pid: int, mode: str, params: dict[str, Any], parent: int | None = None) -> int:
@@ -71,7 +86,7 @@ def run(db: Database, rid: int) -> dict[str, Any]:
             rec = json.loads(ev["data"])
             metrics = {"val": {k[4:]: v for k, v in rec.items() if k.startswith("val_")},
                        "train": {"loss": rec.get("train_loss")}}
-    resumable = row["status"] == "interrupted" and row["mode"] != "probe" and row["out"] and \
+    resumable = row["status"] == "interrupted" and row["mode"] in ("finetune", "scratch") and row["out"] and \
         (Path(row["out"]) / "bundle" / "checkpoints" / "last.json").is_file()
     return {"id": row["id"], "project_id": row["project_id"], "status": row["status"], "mode": row["mode"],
             "params": json.loads(row["params"]), "created": row["created"], "started": row["started"],
@@ -212,7 +227,8 @@ def execute(db: Database, data_dir: Path, rid: int, stop: threading.Event | None
     pid, params = current["project_id"], dict(current["params"])
     folder = data_dir / "runs" / str(rid)
     resuming = (folder / "bundle" / "checkpoints" / "last.json").is_file() and current["status"] == "running" \
-        and current["mode"] != "probe" and db.scalar("SELECT epoch FROM runs WHERE id = ?", (rid,)) is not None \
+        and current["mode"] in ("finetune", "scratch") \
+        and db.scalar("SELECT epoch FROM runs WHERE id = ?", (rid,)) is not None \
         and (folder / "dataset.csv").is_file()
     with db.tx() as con:
         con.execute("UPDATE runs SET out = ?, error = NULL WHERE id = ?", (str(folder), rid))
@@ -244,11 +260,26 @@ def execute(db: Database, data_dir: Path, rid: int, stop: threading.Event | None
             con.execute("UPDATE runs SET epoch = ? WHERE id = ?", (record.get("epoch", 0), rid))
         progress("epoch done", 1, 1)
 
+    def cancelled() -> bool:
+        flag = db.scalar("SELECT cancel FROM runs WHERE id = ?", (rid,))
+        return bool(flag) or (stop is not None and stop.is_set())
+
+    def on_candidate(record: dict[str, Any]) -> None:
+        # a cancel inside a candidate reaches the budget as that candidate's failure: it ends the run here
+        if cancelled():
+            raise Cancelled
+        add_event(db, rid, "candidate", record)
+
     try:
         add_event(db, rid, "status", {"status": "running", "resumed": resuming})
-        options = {k: v for k, v in params.items() if k != "model"}
-        _, result = imclass.train(str(folder / "dataset.csv"), folder / "bundle", mode=current["mode"],
-                                  backbone=params.get("model") or "default", resume=resuming, progress=progress,
+        options = {k: v for k, v in params.items() if k not in ("model", "budget_minutes")}
+        if current["mode"] == "budget":  # no mode: every candidate may be tried
+            options.update(budget=f"{params.get('budget_minutes', DEFAULT_BUDGET_MINUTES):g}m",
+                           on_candidate=on_candidate)
+        else:
+            options.update(mode=current["mode"], resume=resuming)
+        _, result = imclass.train(str(folder / "dataset.csv"), folder / "bundle",
+                                  backbone=params.get("model") or "default", progress=progress,
                                   on_epoch=on_epoch, workers=1, **options)
         progress("evaluating", 0, None)
         splits = folder / "bundle" / "splits.csv"  # the validation images the run chose (or was given)
@@ -256,7 +287,10 @@ def execute(db: Database, data_dir: Path, rid: int, stop: threading.Event | None
         evaluation = imclass.evaluate(str(folder / "bundle"), str(data), split="val", workers=1,
                                       on_progress=lambda d, t: progress("evaluating", d, t))
         _store_predictions(db, rid, evaluation, by_path)
-        if current["mode"] == "probe":  # one "epoch": the fitted head on the validation images
+        if current["mode"] == "probe" or (current["mode"] == "budget" and result.config.mode == "probe" and
+                                          not db.scalar("SELECT 1 FROM run_events WHERE run_id = ? AND "
+                                                        "kind = 'epoch'", (rid,))):
+            # one "epoch": the fitted head on the validation images
             add_event(db, rid, "epoch", _probe_record(result, evaluation, by_path))
         _explain_top_losses(db, rid, folder, evaluation)
         metrics = dict(result.metrics)

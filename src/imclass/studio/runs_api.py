@@ -27,7 +27,10 @@ def studio(request: Request) -> Studio:
 
 
 class RunIn(BaseModel):
-    mode: Literal["probe", "finetune", "scratch"] = "probe"
+    mode: Literal["budget", "probe", "finetune", "scratch"] = Field(
+        "probe", description="budget: the best of what fits in budget_minutes (probes, then a fine-tune if it fits)")
+    budget_minutes: float | None = Field(None, ge=0.5, le=600,
+                                         description="mode budget only: the time it may take (default 5)")
     model: str | None = Field(None, description="the starting model (default: the embedded one)")
     epochs: int | None = Field(None, ge=1, le=500)
     augment: Literal["none", "light", "default", "heavy"] | None = None

@@ -134,13 +134,15 @@
       if (cfg.models.includes(init.model)) modelSel.value = init.model;
       else { modelSel.value = "other"; other.value = init.model; }
     }
-    const mode = () => (form.querySelector("input[name=mode]:checked") || {}).value || "probe";
+    const mode = () => (form.querySelector("input[name=mode]:checked") || {}).value || "budget";
 
     function modeChanged() {
       const probe = mode() === "probe";
-      $$("[data-not-probe]", form).forEach((el) => { el.disabled = probe; });
+      const budget = mode() === "budget";  // chooses its own epochs, batch and learning rate
+      $$("[data-not-probe]", form).forEach((el) => { el.disabled = probe || budget; });
       $$("[data-probe-only]", form).forEach((el) => { el.hidden = !probe; });
-      $$("[data-not-probe-hint]", form).forEach((el) => { el.hidden = probe; });
+      $$("[data-budget-only]", form).forEach((el) => { el.hidden = !budget; });
+      $$("[data-not-probe-hint]", form).forEach((el) => { el.hidden = probe || budget; });
       $("#train-augment").disabled = probe;
       const fig = $(".augment-preview");
       if (fig) fig.classList.toggle("unused", probe);
@@ -192,7 +194,10 @@
       try {
         const model = modelSel.value === "other" ? other.value.trim() : modelSel.value;
         if (model) body.model = model;
-        if (body.mode !== "probe") {
+        if (body.mode === "budget") {
+          body.budget_minutes = number("#train-budget", {integer: false});
+          body.augment = $("#train-augment").value;
+        } else if (body.mode !== "probe") {
           body.augment = $("#train-augment").value;
           body.epochs = number("#train-epochs");
           body.batch_size = number("#train-batch");
@@ -296,7 +301,8 @@
     const serverNow = () => Date.now() / 1000 + offset;
     const S = {status: cfg.status, records: [], previews: [], epochs: cfg.epochs, started: cfg.started,
                progress: {stage: cfg.stage, done: cfg.done, total: cfg.total}, etaAt: null, source: null,
-               live: {epoch: 0, status: 0, progress: 0}, pointsAfterEpoch: [], finished: false};
+               live: {epoch: 0, status: 0, progress: 0, candidate: 0}, pointsAfterEpoch: [], finished: false,
+               candidates: []};
     window.studioRun = S;  // read by tests
 
     function epochsTotal() {
@@ -307,7 +313,8 @@
 
     function render() {
       // a run that ended before its first evaluation (failed, cancelled early) has no curves to show
-      $("#live").hidden = FINISHED.includes(S.status) && !S.records.length && !$("#run-notes li");
+      $("#live").hidden = FINISHED.includes(S.status) && !S.records.length && !$("#run-notes li") &&
+        !S.candidates.length;
       const n = epochsTotal();
       drawChart($("#chart-loss"), $("#legend-loss"), S.records, LOSS_SERIES, {xMax: n, percent: false});
       drawChart($("#chart-scores"), $("#legend-scores"), S.records, SCORE_SERIES, {xMax: n, percent: true});
@@ -322,7 +329,8 @@
       const before = S.previews.length > 1 ? S.previews[S.previews.length - 2] : null;
       const wasRight = new Map((before ? before.items : []).map((p) => [p.image_id, p.true === p.predicted]));
       const right = last.items.filter((p) => p.true === p.predicted).length;
-      $("#preview-caption").textContent = `after ${cfg.mode === "probe" ? "fitting" : `epoch ${last.epoch}`}: ${right} of ${
+      const fitted = cfg.mode === "probe" || (cfg.mode === "budget" && !S.records.some((r) => r.train_loss != null));
+      $("#preview-caption").textContent = `after ${fitted ? "fitting" : `epoch ${last.epoch}`}: ${right} of ${
         last.items.length} right`;
       list.replaceChildren(...last.items.map((p) => {
         const ok = p.true === p.predicted;
@@ -393,8 +401,30 @@
     }
     setInterval(renderEta, 1000);
 
+    // a budgeted run: each candidate as it is decided, and the next one of its ladder as the one being tried
+    function renderCandidates() {
+      const list = $("#run-candidates");
+      if (!list || cfg.mode !== "budget") return;
+      const items = S.candidates.map((c) => {
+        const secs = typeof c.seconds === "number"
+          ? ` in ${c.seconds < 10 ? `${c.seconds.toFixed(1)} s` : duration(c.seconds)}` : "";
+        const text = c.status === "done" ? `${c.candidate}: ${typeof c.metric === "number" ? pct(c.metric) : "–"}${secs}`
+          : c.status === "skipped" ? `${c.candidate} skipped: ${c.why || ""}`
+            : `${c.candidate} failed${c.why ? `: ${c.why}` : ""}`;
+        return h("li", {class: `cand-${c.status}`, "data-status": c.status, text});
+      });
+      const next = (cfg.ladder || [])[S.candidates.length];
+      if (S.status === "running" && next) items.push(h("li", {class: "cand-trying", text: `trying ${next}…`}));
+      list.replaceChildren(...items);
+      list.hidden = !items.length;
+    }
+
     function onEvent(kind, data, live) {
-      if (kind === "epoch") {
+      if (kind === "candidate") {
+        S.candidates.push(data);
+        if (live) S.live.candidate++;
+        renderCandidates();
+      } else if (kind === "epoch") {
         const rec = {...data};
         const i = S.records.findIndex((r) => r.epoch === rec.epoch);  // a resumed run repeats none, but be safe
         if (i >= 0) S.records[i] = rec; else S.records.push(rec);
@@ -408,6 +438,7 @@
         if (data.status === "running" && S.status !== "running" && live) S.started = S.started || serverNow();
         S.status = data.status;
         renderProgress();
+        renderCandidates();
         if (FINISHED.includes(data.status) && live) finish();
       } else if (kind === "progress") {
         if (live) S.live.progress++;
@@ -445,7 +476,7 @@
     function follow() {
       const es = new EventSource(`/api/v1/runs/${cfg.rid}/events?after=${cfg.last}`);
       S.source = es;
-      for (const kind of ["epoch", "status", "progress", "note", "cams"]) {
+      for (const kind of ["epoch", "status", "progress", "note", "cams", "candidate"]) {
         es.addEventListener(kind, (e) => {
           let data = {};
           try { data = JSON.parse(e.data); } catch (ex) { return; }
@@ -470,6 +501,7 @@
     S.status = cfg.status;
     render();
     renderProgress();
+    renderCandidates();
     if (!FINISHED.includes(cfg.status)) {
       follow();
     } else {
