@@ -82,7 +82,7 @@ def test_tiny_budget_returns_the_probe_and_says_why_it_stopped(blobs, tmp_path):
     _clf, result = imclass.train(blobs, out=out, budget="1s", seed=0, on_candidate=seen.append)
     plan = result.metrics["budget"]
     assert plan["winner"] == "probe lite0" and plan["metric"] == "accuracy"
-    assert plan["stopped"] == "budget spent"
+    assert plan["stopped"] == "the rest would not finish in time"
     first, *rest = plan["candidates"]
     assert first["status"] == "done" and first["metric"] == result.metrics["val"]["accuracy"]
     assert rest and all(c["status"] == "skipped" and "left" in c["why"] for c in rest)
@@ -151,6 +151,6 @@ def test_cli_budget_prints_what_it_tried_and_json_has_it(blobs, tmp_path):
     r = run_cli("train", str(blobs), "--out", str(tmp_path / "run"), "--budget", "1s", "--mode", "probe", "--json")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)["budget"]
-    assert plan["winner"] == "probe lite0" and plan["stopped"] == "budget spent"
+    assert plan["winner"] == "probe lite0" and plan["stopped"] == "the rest would not finish in time"
     assert all(c["mode"] == "probe" for c in plan["candidates"])
     assert "tried probe lite0: validation" in r.stderr and "skipped probe lite0 +flip" in r.stderr
