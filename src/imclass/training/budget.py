@@ -24,9 +24,8 @@ first backbone, scaled by the embedded models' relative speed, and what is alrea
 score's pass over the images should it win, and skips it when that would not finish in the time left. The best
 candidate by the validation metric (accuracy; mAP for multi-label; ties: the lower validation log loss, then the
 cheaper one) becomes the run's bundle, calibrated and given its unknown score like any other run. The run stops
-when everything was tried (``all done``), when the rest would not fit (``the rest would not finish in time``) or when the
-validation
-metric is already perfect (``nothing left that can win``).
+when everything was tried (``all done``), when the rest would not fit (``the rest would not finish in time``)
+or when the validation metric is already perfect (``nothing left that can win``).
 """
 
 from __future__ import annotations
