@@ -34,7 +34,7 @@ browser:
 test: setup browser
 	$(BIN)/python -m pytest -q
 
-test-fast: setup   # the inner loop: everything but the tests that start processes (marked slow)
+test-fast: setup   # the inner loop (~1.5 min): everything but the tests marked slow (processes, browsers, Ray, seconds each)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup

@@ -74,6 +74,7 @@ def test_deadline_stops_before_an_epoch_that_would_not_fit():
     assert run.stop and run.record["stopped_by"] == "budget"
 
 
+@pytest.mark.slow
 def test_tiny_budget_returns_the_probe_and_says_why_it_stopped(blobs, tmp_path):
     import imclass
 
@@ -133,6 +134,7 @@ def test_cli_budget_errors(blobs, tmp_path):
     assert r.returncode == 1 and "--mode" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_mode_finetune_restricts_the_budget_to_fine_tuning(blobs):
     import imclass
 

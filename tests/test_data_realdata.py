@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from imclass.data import audit, load_dataset, split
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 FLOWERS_CONFLICTS = {"15922772266_1167a06620.jpg", "17291451621_0e39f08b9e_n.jpg", "17104364030_ee31ee279b_n.jpg",
                      "17291930305_79deae6a90_n.jpg"}

@@ -175,6 +175,7 @@ def test_default_model_recognises_real_daisies(default_clf, datasets):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_imagenet_folders_named_by_wordnet_id(default_clf, datasets, tmp_path):
     """ImageNet's own layout (class folders named n01440764, ...) evaluates without renaming, and
     ``--ids`` names each prediction's class index and WordNet id."""

@@ -84,6 +84,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_one_ddp_step_equals_one_single_process_step():
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()

@@ -23,6 +23,8 @@ ray = pytest.importorskip("ray")  # the [ray] extra: part of [dev], so this neve
 from imclass import distributed  # noqa: E402
 from imclass.labelling.sinks import read_rows  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts Ray or a studio runner, or takes seconds
+
 
 @pytest.fixture(scope="module")
 def ray_local():

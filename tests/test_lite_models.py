@@ -151,6 +151,7 @@ def test_probe_on_lite1(tmp_path):
 
 @needs_lite
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_lite2_on_imagenet_folders(datasets, tmp_path):
     """``imclass evaluate <WordNet-id folders> --model lite2``: measured 0.986 over the 10 classes (lite1 0.983,
     default 0.980) on all 1,000 photos; here on the first 20 photos of each class."""

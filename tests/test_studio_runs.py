@@ -20,6 +20,8 @@ from fastapi.testclient import TestClient
 
 from imclass.studio import StudioSettings, create_app
 
+pytestmark = pytest.mark.slow  # starts Ray or a studio runner, or takes seconds
+
 CLASSES = ("daisy", "rose", "tulip")
 DEADLINE = 600  # seconds: a generous bound for a run on a busy 2-core machine (not a timing assumption)
 

@@ -37,6 +37,8 @@ from studio_helpers import (  # noqa: E402
     distinct_photos,
 )
 
+pytestmark = pytest.mark.slow  # starts a browser and a studio
+
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 

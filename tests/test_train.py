@@ -231,6 +231,7 @@ def test_cli_train_then_predict(blobs, tmp_path):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_unknown_rejection_on_held_back_classes(datasets):
     """Train on five of the six steel-defect classes, in turn; images of the held-back class mostly come
     out 'unknown' while accuracy on the known classes does not drop (max-softmax alone: 64.5% on average,
@@ -295,6 +296,7 @@ def test_validation_split_is_stratified_and_keeps_duplicates_together(tmp_path):
     assert again.table["split"].tolist() == ds.table["split"].tolist()
 
 
+@pytest.mark.slow
 def test_find_lr_suggests_a_point_on_the_descent(blobs, tmp_path):
     import imclass.training as training
     from imclass.errors import ImclassError
