@@ -118,7 +118,7 @@ __all__ = [
 def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | None = None,
          templates: Sequence[str] | None = None, unknown_threshold: float | None = None, device: str = "auto",
          threads: int | None = None, backend: str = "auto", streams: int | None = None,
-         precision: str = "auto") -> Classifier:
+         precision: str = "auto", tta: bool = False) -> Classifier:
     """Load a classifier: ``default`` (embedded ImageNet model), ``lite1``/``lite2`` (larger embedded ones), a
     bundle folder, ``hf:<id>``, a timm name (the grammar: :func:`models`).
 
@@ -131,13 +131,14 @@ def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | 
     ``int8`` (see :class:`Classifier`).
     ``threads``: CPU threads for the model; ``streams``: batches inferred at once, each with
     ``threads // streams`` threads (default: 2 for ONNX Runtime on CPU, else 1; 1 is best for latency).
+    ``tta``: also run each image mirrored and average the outputs (test-time augmentation, twice the work).
 
     >>> clf = imclass.load("hf:openai/clip-vit-base-patch32", classes=["receipt", "selfie", "screenshot"])
     """
     from .classifier import Classifier
 
     return Classifier.load(name, device=device, threads=threads, backend=backend, streams=streams, classes=classes,
-                           templates=templates, unknown_threshold=unknown_threshold, precision=precision)
+                           templates=templates, unknown_threshold=unknown_threshold, precision=precision, tta=tta)
 
 
 def models() -> list[dict[str, str]]:

@@ -35,7 +35,7 @@ class Classifier:
     """
 
     def __init__(self, model, spec: ModelSpec, device: str = "auto", threads: int | None = None,
-                 backend: str = "auto", streams: int | None = None, precision: str = "auto"):
+                 backend: str = "auto", streams: int | None = None, precision: str = "auto", tta: bool = False):
         if backend not in BACKENDS:
             raise ImclassError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
@@ -49,6 +49,8 @@ class Classifier:
         self.streams = streams
         self.backend_name = backend
         self.precision = precision
+        #: test-time augmentation: each batch is also run mirrored and the two outputs averaged (2x the work)
+        self.tta = bool(tta)
         self._backend = None
 
     # ---- construction -------------------------------------------------------------------------
@@ -56,7 +58,7 @@ class Classifier:
     def load(cls, name: str | os.PathLike = "default", device: str = "auto",
              threads: int | None = None, backend: str = "auto", streams: int | None = None, *,
              classes: Sequence[str] | str | None = None, templates: Sequence[str] | None = None,
-             unknown_threshold: float | None = None, precision: str = "auto") -> Classifier:
+             unknown_threshold: float | None = None, precision: str = "auto", tta: bool = False) -> Classifier:
         """Load a model by name: ``default``, a bundle directory, ``hf:<id>``, a timm name, ...
 
         ``classes``: label with these names instead, by text prompts (``templates``, default
@@ -71,7 +73,9 @@ class Classifier:
         ``bf16`` (OpenVINO, on CPUs with native bf16) or ``int8`` (a bundle's static INT8 file).
         ``threads``: CPU threads for the model (default: all usable cores). ``streams``: batches run at
         once when predicting many images, each with ``threads // streams`` threads (default: 2 for ONNX
-        Runtime on CPU, else 1; 1 gives single calls all threads, best for latency).
+        Runtime on CPU, else 1; 1 gives single calls all threads, best for latency). ``tta``: also run every
+        image mirrored and average the two outputs (test-time augmentation: twice the work; the model's
+        calibration and "unknown" threshold were fitted without it).
         """
         from .models.registry import resolve, resolve_zero_shot
 
@@ -80,21 +84,29 @@ class Classifier:
         if classes is not None:
             model, spec = resolve_zero_shot(name, classes, templates, unknown_threshold or None)
             return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams,
-                       precision=precision)
+                       precision=precision, tta=tta)
         if backend in ("auto", "onnx", "onnx-int8", "openvino") and resolve_device(device) == "cpu":
             int8 = backend == "onnx-int8" or precision == "int8"
             fast = _fast_onnx_start(name, int8=int8)
             if fast is not None:  # a verified ONNX export exists: no torch import needed to predict
                 spec, onnx_path, loader = fast
                 clf = cls(None, spec, device=device, threads=threads, backend=backend, streams=streams,
-                          precision=precision)
+                          precision=precision, tta=tta)
                 clf._model_loader = loader
                 if not int8:  # an INT8 file is always taken from the bundle's manifest (spec.bundle_dir)
                     clf._onnx_path = onnx_path
                 return clf._with_unknown(unknown_threshold)
         model, spec = resolve(name)
         return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams,
-                   precision=precision)._with_unknown(unknown_threshold)
+                   precision=precision, tta=tta)._with_unknown(unknown_threshold)
+
+    def with_tta(self, tta: bool = True) -> Classifier:
+        """A copy (sharing the model and its runtime) that does or does not use test-time augmentation."""
+        import copy
+
+        other = copy.copy(self)
+        other.tta = bool(tta)
+        return other
 
     def _with_unknown(self, threshold: float | None) -> Classifier:
         if threshold is not None:
@@ -258,8 +270,12 @@ class Classifier:
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``uint8`` NHWC batch -> ``(logits, known_score)``; ``known_score`` is None for models without an
-        open-set score (:mod:`imclass.models.open_set`)."""
-        return split_outputs(self.backend(batch), self.spec)
+        open-set score (:mod:`imclass.models.open_set`). With :attr:`tta`, the mean of the outputs for the batch
+        and for its mirror image."""
+        out = self.backend(batch)
+        if self.tta:
+            out = (out + self.backend(np.ascontiguousarray(batch[:, :, ::-1]))) / 2
+        return split_outputs(out, self.spec)
 
     def decide_batch(self, batch: np.ndarray, names: list[str], top_k: int = 5,
                      reject_unknown: bool = True) -> list[Prediction]:

@@ -24,6 +24,7 @@ from .options import (
     ModelOpt,
     Quiet,
     ReportAlias,
+    Tta,
     Workers,
     check_choice,
     command,
@@ -105,6 +106,7 @@ def evaluate(
                            "'unknown' (AUROC, share rejected, known-class coverage).")] = None,
     device: Device = "auto",
     backend: Backend = "auto",
+    tta: Tta = False,
     batch_size: BatchSize = None,
     workers: Workers = None,
     as_json: JsonFlag = False,
@@ -142,7 +144,7 @@ def evaluate(
         chosen = load(chosen, classes=names, device=device, backend=backend)
     with StageProgress(err, quiet or as_json) as progress:
         res = run(chosen, data, split=split, images_dir=images_dir, device=device, backend=backend,
-                  batch_size=batch_size, workers=workers, cam_method=cam, open_set=open_set,
+                  batch_size=batch_size, workers=workers, cam_method=cam, open_set=open_set, tta=tta,
                   unknown_threshold="model" if unknown is None else unknown or None,
                   on_progress=lambda done, total: progress("Evaluating", done, total), **files)
     if as_json:

@@ -34,6 +34,9 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the machine-readab
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Decode threads.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
+Tta = Annotated[bool, typer.Option(
+    "--tta", help="Test-time augmentation: also run each image mirrored and average (twice the work; often a "
+                  "little more accurate).")]
 Backend = Annotated[str, typer.Option("--backend", help="auto | torch | onnx | onnx-int8 | openvino")]
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # as imclass.classifier.PRECISIONS (not imported: start-up time)
 Precision = Annotated[str, typer.Option(

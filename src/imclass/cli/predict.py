@@ -28,6 +28,7 @@ from .options import (
     Quiet,
     RayAddress,
     RayFlag,
+    Tta,
     Workers,
     check_choice,
     command,
@@ -70,6 +71,7 @@ def predict(
     device: Device = "auto",
     backend: Backend = "auto",
     precision: Precision = "auto",
+    tta: Tta = False,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Inference threads.")] = None,
     streams: Annotated[Optional[int], typer.Option(
         "--streams", min=1, help="Batches inferred at once, each with threads/streams threads "
@@ -108,9 +110,12 @@ def predict(
         raise typer.BadParameter("--link/--copy only make sense with --sort-into DIR")
     show_rows = out_file is None or as_json
     check_choice(precision, PRECISIONS, "--precision")
-    runtime_options = {"precision": precision} if precision != "auto" else {}
+    runtime_options: dict = {"precision": precision} if precision != "auto" else {}
+    if tta:
+        runtime_options["tta"] = True
     if runtime_options and scale_out is not None:
-        raise typer.BadParameter("--precision does not work with --ray yet", param_hint="--ray")
+        raise typer.BadParameter(f"{'--precision' if 'precision' in runtime_options else '--tta'} does not work "
+                                 "with --ray yet", param_hint="--ray")
     chosen, load_seconds = _model(sources, model, zero_shot_classes(classes, classes_file), unknown_threshold,
                                   scale_out, device=device, backend=backend, threads=threads, streams=streams,
                                   **runtime_options)

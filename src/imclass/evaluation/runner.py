@@ -27,7 +27,8 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
              thresholds: float | Sequence[float] | str | None = FROM_MODEL, device: str = "auto",
              backend: str = "auto", batch_size: int | None = None, workers: int | None = None,
              audit: dict[str, Any] | None = None, cam_method: str = "gradcam",
-             open_set: Any = None, on_progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             open_set: Any = None, on_progress: Callable[[int, int], None] | None = None,
+             tta: bool = False) -> EvalResult:
     """Evaluate ``model`` (a Classifier or a model name) on ``data`` (a Dataset or a folder/CSV).
 
     ``split``: ``val`` (falls back to ``test``, then all rows, when the dataset has none), ``test`` or
@@ -36,8 +37,11 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
     write those files alone. ``open_set``: images of classes the model never saw (a folder, a dataset or a
     list of paths): ``metrics["open_set"]`` then says how well ``known_score`` tells them from the evaluated
     images (AUROC), the share rejected as ``unknown`` and the known-class coverage with its interval.
+    ``tta``: predict each image and its mirror image and average (test-time augmentation; ``metrics["tta"]``).
     """
     clf = _classifier(model, device, backend)
+    if tta and not clf.tta:
+        clf = clf.with_tta()
     ds = _dataset(data, images_dir)
     sub, used, warnings = _select(ds, split)
     task = MULTI_LABEL if ds.multi_label else SINGLE_LABEL
@@ -69,6 +73,8 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
         metrics["open_set"] = _open_set_metrics(clf, open_set, known, probs, y, task, unknown, images_dir,
                                                 batch_size, workers)
     metrics.update(_context(clf, ds, sub, used, split, mapping, warnings, table, errors))
+    if clf.tta:
+        metrics["tta"] = "flip"
     worst = top_losses(y, probs, task, TOP_LOSSES, thresholds=thresholds)
     metrics["top_losses"] = [{"path": paths[i], "true": table.at[i, "true"], "predicted": table.at[i, "predicted"],
                               "confidence": table.at[i, "confidence"], "loss": round(float(table.at[i, "loss"]), 6)}

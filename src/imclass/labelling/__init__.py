@@ -48,6 +48,7 @@ def label_library(
     threads: int | None = None,
     streams: int | None = None,
     precision: str = "auto",
+    tta: bool = False,
     output: str | os.PathLike | None = None,
     top_k: int = 5,
     batch_size: int | None = None,
@@ -70,6 +71,7 @@ def label_library(
     image appears exactly once in the output. ``ids``: rows also carry ``class_index`` (the label's index in
     the model's label list; a list for multi-label rows) and ``wnid`` (its WordNet id, for ImageNet models).
     ``backend`` / ``precision``: what runs the model (:meth:`Classifier.load`); the summary records what did.
+    ``tta``: each image also runs mirrored and the two outputs are averaged (twice the work).
     """
     if not sources:
         raise ImclassError("no sources given: pass image files or folders")
@@ -92,10 +94,10 @@ def label_library(
     sink: Sink | None = (open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite,
                                    extra_columns=extra) if output else None)
     if isinstance(model, Classifier):
-        clf = model
+        clf = model.with_tta() if tta and not model.tta else model
     else:
         clf = Classifier.load(model, device=device, backend=backend, threads=threads, streams=streams,
-                              precision=precision)
+                              precision=precision, tta=tta)
     runtime = clf.runtime  # build the runtime now (an ONNX export on first use): loading, not labelling time
     if isinstance(sink, PartsSink):  # continuing a folder of parts (written by a distributed run)
         sink.multi_label = clf.spec.task == "multi_label"
