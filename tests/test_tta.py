@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SAMPLES
 
+from conftest import SAMPLES
 from imclass.cli import main
 
 
