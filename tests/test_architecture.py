@@ -77,3 +77,26 @@ def test_the_export_function_survives_importing_the_export_package():
     from imclass.export import quantize_int8  # noqa: F401
 
     assert inspect.isfunction(imclass.export), imclass.export
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_studio_pages(tmp_path):
+    """A non-editable install has the studio's templates and static files (package data, not only .py files).
+    Built from a copy of the tracked files: an in-tree build would also find them through the editable
+    install's leftovers."""
+    import zipfile
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    src = tmp_path / "src-copy"
+    for rel in tracked:
+        if rel.startswith(("src/", "pyproject.toml", "README.md", "LICENSE")) and (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("imclass-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = [p for p in tracked if p.startswith(("src/imclass/studio/templates/", "src/imclass/studio/static/"))]
+    missing = [p for p in data if p.removeprefix("src/") not in names]
+    assert data and not missing, missing
