@@ -50,6 +50,7 @@ class Dataset:
     root: str | None = None
     source: str = ""
     problems: list[Problem] = field(default_factory=list)  # rows skipped on import
+    hierarchy: bool = False  # labels are paths ("sports/dance/ballet"): see load_dataset(hierarchy=True)
 
     # ---- facts ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -91,7 +92,7 @@ class Dataset:
     def with_table(self, table: pd.DataFrame) -> Dataset:
         """A dataset over ``table`` (same classes and task)."""
         return Dataset(table.reset_index(drop=True), list(self.classes), self.multi_label, self.root,
-                       self.source, list(self.problems))
+                       self.source, list(self.problems), self.hierarchy)
 
     def targets(self) -> np.ndarray:
         """Single-label: class indices ``(N,)``; multi-label: a 0/1 matrix ``(N, classes)``."""

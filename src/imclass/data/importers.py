@@ -2,7 +2,9 @@
 
 Accepted layouts (``load_dataset`` picks by looking):
 
-- class folders ``root/<class>/*`` (images in nested folders count for their top-level class);
+- class folders ``root/<class>/*`` (images in nested folders count for their top-level class; with
+  ``hierarchy=True`` their label is the folder path below the root, ``root/sports/dance/x.jpg`` ->
+  ``sports/dance``, and ``a/b`` labels of a CSV are such paths too);
 - split folders ``root/{train,val,test}/<class>/*`` (``valid``/``validation``, ``training``, ``testing`` too;
   ``root/all/<class>/*`` is an unsplit dataset);
 - a CSV or TSV with a file column (``filename``, ``file``, ``path``, ``image``, ``image_path``, ``filepath``,
@@ -56,6 +58,7 @@ def load_dataset(
     inspect: bool = True,
     workers: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    hierarchy: bool = False,
 ) -> Dataset:
     """Import a dataset from class folders, split folders, a CSV/TSV, a Label Studio JSON export, a Hugging Face
     imagefolder or a ``datasets`` folder (see the module docstring).
@@ -63,7 +66,8 @@ def load_dataset(
     ``on_error="raise"`` stops at the first malformed row or unknown file with a message naming it;
     ``"skip"`` leaves such rows out and lists them in ``Dataset.problems``. ``inspect`` fills ``sha256``,
     size, mode and ``error`` (unopenable files) by reading every file once. ``progress(done, total)`` is
-    called while inspecting.
+    called while inspecting. ``hierarchy``: nested class folders give path labels (``sports/dance/ballet``)
+    instead of counting for their top-level class; the dataset must be single-label.
     """
     if isinstance(source, Dataset):
         return source
@@ -84,7 +88,7 @@ def load_dataset(
         elif kind == "imagefolder":  # Hugging Face imagefolder with metadata.csv / metadata.jsonl
             rows, problems, declared_multi, classes_hint = formats.read_imagefolder(src, on_error)
         else:
-            rows, problems = _from_folders(src)
+            rows, problems = _from_folders(src, hierarchy)
             declared_multi, classes_hint = False, None
         root = str(src.resolve())
     elif not src.exists():
@@ -95,6 +99,13 @@ def load_dataset(
         raise DatasetError(f"{source}: no labelled images found (expected root/<class>/* folders, "
                            "root/{train,val,test}/<class>/*, or a CSV with a filename and a label column)")
     multi = declared_multi if multi_label is None else multi_label
+    if hierarchy:
+        if multi:
+            raise DatasetError(f"{source}: hierarchical labels need a single-label dataset")
+        for r in rows:  # "sports / dance/" -> "sports/dance"
+            r["labels"] = ["/".join(s.strip() for s in lab.split("/") if s.strip()) for lab in r["labels"]]
+        if classes_hint:
+            classes_hint = ["/".join(s.strip() for s in c.split("/") if s.strip()) for c in classes_hint]
     if not multi:
         bad = [r for r in rows if len(r["labels"]) != 1]
         if bad:
@@ -115,11 +126,12 @@ def load_dataset(
         facts = inspect_files(table["path"].tolist(), workers=workers, progress=progress)
         for col in COLUMNS[3:]:
             table[col] = [f[col] for f in facts]
-    return Dataset(table, classes, multi, root=root, source=os.fspath(source), problems=problems)
+    return Dataset(table, classes, multi, root=root, source=os.fspath(source), problems=problems,
+                   hierarchy=hierarchy)
 
 
 # ---- folders -----------------------------------------------------------------------------------------
-def _from_folders(root: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
+def _from_folders(root: Path, hierarchy: bool = False) -> tuple[list[dict[str, Any]], list[Problem]]:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
     if [d.name.lower() for d in split_dirs] == ["all"] and len(subdirs) > 1:
@@ -131,21 +143,24 @@ def _from_folders(root: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
         if other:
             problems.append(Problem(str(root), f"folders ignored beside the split folders: {', '.join(other)}"))
         for sd in split_dirs:
-            rows += _class_folders(sd, SPLIT_FOLDERS[sd.name.lower()])
+            rows += _class_folders(sd, SPLIT_FOLDERS[sd.name.lower()], hierarchy)
     else:
         loose = [p for p in iter_image_paths([root], recursive=False)]
         if loose:
             problems.append(Problem(str(root), f"{len(loose)} images directly in the root have no class folder "
                                                "and were left out"))
-        rows = _class_folders(root, "")
+        rows = _class_folders(root, "", hierarchy)
     return rows, problems
 
 
-def _class_folders(root: Path, split: str) -> list[dict[str, Any]]:
+def _class_folders(root: Path, split: str, hierarchy: bool = False) -> list[dict[str, Any]]:
+    """Images under ``root/<class>/``: labelled by the class folder, or (``hierarchy``) by the path of the folder
+    that holds them below ``root``, joined by ``/``."""
     rows = []
     for d in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
         for p in iter_image_paths([d]):
-            rows.append({"path": os.path.abspath(p), "labels": [d.name], "split": split, "where": p})
+            label = Path(os.path.relpath(os.path.dirname(p), root)).as_posix() if hierarchy else d.name
+            rows.append({"path": os.path.abspath(p), "labels": [label], "split": split, "where": p})
     return rows
 
 

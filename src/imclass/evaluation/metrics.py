@@ -83,6 +83,20 @@ def _check(y_true: np.ndarray, probs: np.ndarray, classes: list[str], multi: boo
     return y[ok].astype(np.int64), p[ok], base
 
 
+def level_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """Hierarchical labels (paths such as ``sports/dance/ballet``): the accuracy at each depth, the true and the
+    top-scoring class both cut to that many levels (a shorter label counts as itself)."""
+    y, p, _ = _check(y_true, probs, classes, False)
+    depth = max((c.count("/") + 1 for c in classes), default=1)
+    pred = p.argmax(axis=1) if len(p) else np.zeros(0, dtype=np.int64)
+    out = []
+    for d in range(1, depth + 1):
+        cut = np.array(["/".join(c.split("/")[:d]) for c in classes], dtype=object)
+        correct = cut[y] == cut[pred]
+        out.append({"level": d, "accuracy": _mean(correct.astype(np.float64)), "n": int(len(correct))})
+    return out
+
+
 # ---- single-label ------------------------------------------------------------------------------------
 
 def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], *,

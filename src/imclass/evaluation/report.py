@@ -128,6 +128,8 @@ def _cards(m: dict[str, Any]) -> list[dict[str, str]]:
         text = _pct(v) if k in _PERCENT or k.startswith("top") else (str(v) if k.startswith("n_") else _num(v))
         name = "accuracy on accepted images" if k == "accuracy" and rejecting else _NAMES.get(k, k.replace("_", " "))
         cards.append({"name": name, "value": text})
+    for lv in m.get("levels") or []:  # hierarchy models: accuracy at each depth of the label paths
+        cards.append({"name": f"level {lv['level']} accuracy", "value": _pct(lv["accuracy"])})
     return cards
 
 

@@ -14,7 +14,15 @@ import pandas as pd
 from ..errors import ImclassError, ParameterError
 from ..models.default import wordnet_ids
 from .labels import map_labels
-from .metrics import MULTI_LABEL, SINGLE_LABEL, compute_metrics, label_thresholds, per_image_loss, top_losses
+from .metrics import (
+    MULTI_LABEL,
+    SINGLE_LABEL,
+    compute_metrics,
+    label_thresholds,
+    level_metrics,
+    per_image_loss,
+    top_losses,
+)
 from .result import EvalResult, write_json, write_predictions
 
 TOP_LOSSES = 16
@@ -42,7 +50,7 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
     clf = _classifier(model, device, backend)
     if tta and not clf.tta:
         clf = clf.with_tta()
-    ds = _dataset(data, images_dir)
+    ds = _dataset(data, images_dir, hierarchy=bool(getattr(clf.spec, "hierarchy", False)))
     sub, used, warnings = _select(ds, split)
     task = MULTI_LABEL if ds.multi_label else SINGLE_LABEL
     if task != clf.spec.task:
@@ -66,6 +74,8 @@ def evaluate(model, data, split: str = "val", report: str | os.PathLike | None =
         unknown = None
     metrics = compute_metrics(y, probs, ds.classes, task, unknown_threshold=unknown, thresholds=thresholds,
                               known=known)
+    if getattr(clf.spec, "hierarchy", False) and task == SINGLE_LABEL:
+        metrics["levels"] = level_metrics(y, probs, ds.classes)  # accuracy per depth of the label paths
     errors = _error_messages(sub.table, probs, load_errors)
     table = _table(paths, y, probs, ds.classes, task, errors, unknown,
                    label_thresholds(thresholds, len(ds.classes)) if task == MULTI_LABEL else None, known)
@@ -137,12 +147,12 @@ def _classifier(model, device: str, backend: str):
     return Classifier.load(model, device=device, backend=backend)
 
 
-def _dataset(data, images_dir):
+def _dataset(data, images_dir, hierarchy: bool = False):
     if hasattr(data, "table") and hasattr(data, "select") and hasattr(data, "classes"):
         return data
     from ..data import load_dataset
 
-    return load_dataset(data, images_dir=images_dir)
+    return load_dataset(data, images_dir=images_dir, hierarchy=hierarchy)
 
 
 def _select(ds, split: str):

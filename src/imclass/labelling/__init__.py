@@ -90,7 +90,8 @@ def label_library(
         check_sort_target(sources, sort_into)
 
     t_load = time.perf_counter()
-    extra = (*(ID_COLUMNS if ids else ()), *(KNOWN_COLUMNS if _can_say_unknown(model) else ()))
+    extra = (*(ID_COLUMNS if ids else ()), *(KNOWN_COLUMNS if _can_say_unknown(model) else ()),
+             *(HIERARCHY_COLUMNS if _is_hierarchy(model) else ()))
     sink: Sink | None = (open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite,
                                    extra_columns=extra) if output else None)
     if isinstance(model, Classifier):
@@ -151,6 +152,14 @@ def label_library(
 
 ID_COLUMNS = ("class_index", "wnid")
 KNOWN_COLUMNS = ("known_score",)  # models that can say "unknown": how familiar each image looks
+HIERARCHY_COLUMNS = ("label_path",)  # hierarchy models: the chosen node and its ancestors ("sports>dance")
+
+
+def _is_hierarchy(model) -> bool:
+    from ..engine.onnx_cache import light_spec
+
+    spec = model.spec if isinstance(model, Classifier) else light_spec(model)
+    return spec is not None and spec.hierarchy
 
 
 def _can_say_unknown(model) -> bool:

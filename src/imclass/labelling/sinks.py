@@ -44,10 +44,13 @@ def csv_columns(top_k: int, extra: tuple[str, ...] = ()) -> list[str]:
 def csv_row(p: Prediction, top_k: int, extra: tuple[str, ...] = ()) -> list[Any]:
     """``label_2``... continue the ranking after ``label``: the runners-up when ``label`` is the top class;
     the model's top classes themselves when it is not (``unknown``, a multi-label set, no label).
-    ``extra`` columns come from ``p.extra`` (lists joined by ``;``)."""
+    ``extra`` columns come from ``p.extra`` (lists joined by ``;``; ``label_path``'s nodes by ``>``)."""
     row: list[Any] = [p.path, p.label or "", "" if p.score is None else f"{p.score:.6f}", p.error or ""]
     for c in extra:
         v = p.extra.get(c)
+        if c == "label_path" and isinstance(v, list):  # hierarchy models: "sports>dance>ballet"
+            row.append(">".join(str(n["label"]) for n in v))
+            continue
         row.append("" if v is None else ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
     rest = p.topk[1:] if p.topk and p.label == p.topk[0][0] else p.topk
     for r in range(top_k - 1):

@@ -62,6 +62,7 @@ def spec_to_manifest(spec: ModelSpec) -> dict[str, Any]:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "weights": WEIGHTS,
         **({"open_set": spec.open_set} if spec.open_set else {}),
+        **({"hierarchy": True} if spec.hierarchy else {}),  # absent (older bundles, flat labels): False
     }
 
 
@@ -116,6 +117,7 @@ def manifest_to_spec(m: dict[str, Any], source: str = "") -> ModelSpec:
             metrics=m.get("metrics") or {},
             exports=m.get("exports") or {},
             open_set=open_set,
+            hierarchy=m.get("hierarchy", False) is True,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{source}: malformed manifest ({e.__class__.__name__}: {e})") from None

@@ -34,6 +34,8 @@ class ModelSpec:
     exports: dict[str, Any] = field(default_factory=dict)  # e.g. {"onnx": {"fp32": "model.onnx", ...}}
     # the known-class score's recipe (imclass.models.open_set); the network then outputs it as a last column
     open_set: dict[str, Any] | None = None
+    # labels are paths ("sports/dance/ballet"): predictions carry label_path (imclass.prediction.decide)
+    hierarchy: bool = False
     # set when loaded from a bundle (exported files are relative to it); runtime state, not compared
     bundle_dir: str | None = field(default=None, compare=False)
 

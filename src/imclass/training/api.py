@@ -209,7 +209,9 @@ def _config(config: TrainConfig | None, options: dict[str, Any]) -> TrainConfig:
 
 def _prepare(data: Any, cfg: TrainConfig) -> tuple[Dataset, bool]:
     """The readable rows of ``data`` with a validation split (carved here when missing: ``made``)."""
-    ds = load_dataset(data, multi_label=cfg.multi_label).readable()
+    ds = load_dataset(data, multi_label=cfg.multi_label, hierarchy=cfg.hierarchy).readable()
+    if cfg.hierarchy and ds.multi_label:
+        raise ParameterError("hierarchy", "applies to single-label data")
     if len(ds) == 0:
         raise ImclassError("no readable images in the dataset")
     ds, made_val = with_validation(ds, cfg.val_fraction, cfg.seed)
@@ -302,7 +304,7 @@ def _finish(ds: Dataset, cfg: TrainConfig, t: Trained, notes: list[str],
         architecture=t.architecture, labels=list(ds.classes), preprocess=t.preprocess,
         task=ds.task, temperature=temperature, label_thresholds=thresholds, unknown_threshold=unknown,
         provenance=provenance, training={**cfg.to_dict(), **t.details},
-        open_set=None if fitted is None else fitted[0].config,
+        open_set=None if fitted is None else fitted[0].config, hierarchy=cfg.hierarchy or ds.hierarchy,
     )
     return spec, metrics
 
