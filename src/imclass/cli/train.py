@@ -59,6 +59,9 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     multi_label: Annotated[Optional[bool], typer.Option("--multi-label/--single-label",
                                                          help="Override what the data says.")] = None,
+    hierarchy: Annotated[bool, typer.Option("--hierarchy", help="Nested class folders (or 'a/b' labels) are label "
+                                                                "paths: sports/dance/ballet; predictions carry "
+                                                                "label_path.")] = False,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held out when DATA has no val split.")] = 0.2,
     balance: Annotated[str, typer.Option("--balance", help="auto | on | off (class-weighted loss)")] = "auto",
     unknown_coverage: Annotated[float, typer.Option(
@@ -78,6 +81,10 @@ def train(
     devices: Annotated[int, typer.Option(
         "--devices", min=1, help="Fine-tuning processes, data parallel (DDP: gloo on CPU, NCCL on GPUs); --batch-size "
                                  "stays the global batch. Under torchrun, torchrun starts the processes.")] = 1,
+    train_precision: Annotated[str, typer.Option(
+        "--train-precision", help="Fine-tuning's forward pass: auto (bf16 autocast on CPUs with native bf16, float16 "
+                                  "on CUDA, else fp32; IMCLASS_NO_BF16=1 forces fp32) | fp32 | bf16. Weights stay "
+                                  "float32.")] = "auto",
     track: Annotated[str, typer.Option(
         "--track", help="Log the run: none | mlflow (params, per-epoch metrics, confusion matrix, the bundle) | "
                         "tensorboard (<out>/tensorboard/). Needs the extra: pip install 'imclass\\[track]'.")] = "none",
@@ -127,12 +134,14 @@ def train(
             raise typer.BadParameter(f"does not go with {flag}", param_hint="--budget")
         budget_opts = {"budget": budget, "restrict": mode}
     mode = mode or "probe"
+    if train_precision not in ("auto", "fp32", "bf16"):
+        raise typer.BadParameter(f"must be auto, fp32 or bf16, not {train_precision!r}", param_hint="--train-precision")
     cfg = TrainConfig(mode=mode, backbone=model or "default", epochs=epochs, augment=augment, image_size=image_size,
                       batch_size=batch_size, lr=lr, seed=seed, multi_label=multi_label,
                       val_fraction=val_fraction, balance=balance,
                       unknown_coverage=None if no_unknown else unknown_coverage, unknown_score=unknown_score,
                       patience=patience, device=device, workers=workers, loader_workers=loader_workers,
-                      devices=devices)
+                      devices=devices, hierarchy=hierarchy, precision=train_precision)
     scale_out = ray_options(ray, ray_address, actors, gpus_per_actor)
     if scale_out is not None and (mode != "probe" or budget is not None):
         raise typer.BadParameter("--ray computes the probe's embeddings; fine-tuning scales with --devices",
@@ -218,7 +227,7 @@ def _embed_on_ray(data: str, cfg, quiet: bool, scale_out: dict):
     from ..api import load_dataset
     from ..distributed.embeddings import embed
 
-    ds = load_dataset(data, multi_label=cfg.multi_label)
+    ds = load_dataset(data, multi_label=cfg.multi_label, hierarchy=cfg.hierarchy)
     table = ds.table
     with StageProgress(err, quiet, width=28) as progress:
         done = 0

@@ -39,6 +39,10 @@ class TrainConfig:
     workers: int | None = None  # decode threads (embeddings, validation passes)
     loader_workers: int | None = None  # data-loader processes for fine-tuning; None: up to 4
     devices: int = 1  # fine-tuning processes (data parallel, DDP); batch_size stays the global batch
+    hierarchy: bool = False  # nested class folders / "a/b" labels are label paths (load_dataset(hierarchy=True))
+    # fine-tuning's forward pass: auto = bf16 autocast on CPUs with native bf16 (IMCLASS_NO_BF16=1: fp32), float16
+    # autocast on CUDA, fp32 elsewhere; weights, gradients and optimiser always float32 (training/precision.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
         from ..errors import ParameterError
@@ -61,9 +65,14 @@ class TrainConfig:
             raise ParameterError("batch_size", "must be >= 1")
         if self.devices < 1:
             raise ParameterError("devices", "must be >= 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ParameterError("precision", f"must be auto, fp32 or bf16, not {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["hierarchy"]:  # recorded only when on: other runs' config.json as before
+            del d["hierarchy"]
+        return d
 
 
 @dataclass

@@ -8,7 +8,8 @@ assembles them into the generic loop of :mod:`.loop` with the behaviours of :mod
 - AdamW, linear warm-up then cosine decay per step; label smoothing 0.1 (single-label);
 - timm's augmentation (``RandomResizedCrop``, flips, colour jitter, RandAugment incl. rotations,
   random erasing) by preset; validation uses the exact inference preprocessing;
-- mixed precision on CUDA; channels-last;
+- mixed precision: float16 autocast on CUDA, bfloat16 autocast of the forward pass on CPUs with native bf16
+  (``cfg.precision``, :mod:`.precision`); channels-last;
 - early stopping on the validation metric; ``best`` and ``last`` checkpoints (safetensors + JSON) after
   every epoch; resuming replays from the last complete epoch with per-epoch seeds, so an interrupted and
   resumed run ends where an uninterrupted one does.
@@ -35,6 +36,7 @@ from .assemble import with_new_head
 from .config import TrainConfig
 from .loop import Run, fit
 from .outcome import Trained
+from .precision import resolve as resolve_precision
 from .strategy import SINGLE, Single, collate  # noqa: F401 (collate: part of this module's interface)
 from .strategy import loader as _loader
 
@@ -151,6 +153,7 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
     per_process = cfg.batch_size // strategy.world
     _seed_everything(cfg.seed)
     model, arch, pre, base_spec = build_network(ds, cfg)
+    precision = resolve_precision(cfg.precision, device, cpu_auto=cfg.mode == "finetune")
     model = model.to(device, memory_format=torch.channels_last)
     head_params = set(id(p) for p in model.get_classifier().parameters()) if hasattr(model, "get_classifier") \
         else set(id(p) for p in list(model.parameters())[-2:])
@@ -195,7 +198,8 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
         ckpt_dir = out / "checkpoints"
     else:  # only the main process writes checkpoints
         ckpt_dir = Path(tempfile.mkdtemp(prefix="imclass-train-")) if strategy.main else Path("unused")
-    run_only = ("device", "workers", "loader_workers", "epochs", "devices")  # settings a resumed run may change
+    # settings a resumed run may change
+    run_only = ("device", "workers", "loader_workers", "epochs", "devices", "precision")
     identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in run_only},
                 "dataset": ds.fingerprint()}
     if strategy.world > 1:  # the shuffle depends on the number of processes: a resume keeps it
@@ -210,7 +214,8 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
         callbacks.append(cbs.OnEpoch(on_epoch))
     try:
         run = fit(model, optimizer, loss_fn, batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                  schedule=_schedule, device=device, callbacks=callbacks)  # ends with the best epoch's weights loaded
+                  schedule=_schedule, device=device, callbacks=callbacks,
+                  precision=precision)  # ends with the best epoch's weights loaded
     finally:
         strategy.finish()
     if not strategy.main:
@@ -227,12 +232,15 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
              + f", best epoch {max(history, key=_monitor)['epoch'] if history else '-'}"]
     if freeze_epochs:
         notes.append("epoch 1 trained the new head only; then all layers, backbone at 1/10 of the head's LR")
+    if precision == "bf16":
+        notes.append("forward pass in bfloat16 autocast (this CPU runs bf16 natively); loss, gradients and weights in "
+                     "float32 (precision='fp32' or IMCLASS_NO_BF16=1: all float32)")
     return Trained(model=model.cpu().to(memory_format=torch.contiguous_format), architecture=arch,
                    preprocess=pre, base=base_spec, val_logits=val_logits, val_index=va_idx,
                    test_logits=test_logits, test_index=te_idx, history=history,
                    images=len(tr_idx) * len(history), notes=notes,
                    details={"epochs_run": len(history), "lr": base_lr, "freeze_epochs": freeze_epochs,
-                            "augment_preset": PRESETS.get(cfg.augment, {})})
+                            "augment_preset": PRESETS.get(cfg.augment, {}), "train_precision": precision})
 
 
 def predict_logits(model, paths: list[str], pre: Preprocess, device: str, batch_size: int,

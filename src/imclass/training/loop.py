@@ -18,7 +18,9 @@ One fit, in order::
     after_fit
 
 Callbacks run in ascending ``order`` (ties: the order they were given), the same order for every hook.
-On CUDA the forward pass runs under float16 autocast with a ``GradScaler``; 4-D inputs are channels-last.
+On CUDA the forward pass runs under float16 autocast with a ``GradScaler``; with ``precision="bf16"`` (a CPU
+with native bf16, see :mod:`.precision`) under bfloat16 autocast; the loss, gradients and weights stay float32.
+4-D inputs are channels-last.
 The forward pass goes through ``run.forward`` when a callback sets it (a ``DistributedDataParallel`` wrapper of
 the model); everything else (checkpoints, validation) keeps using ``run.model``.
 """
@@ -73,6 +75,7 @@ class Run:
     device: str = "cpu"
     callbacks: list[Callback] = field(default_factory=list)
     amp: bool = False  # float16 autocast + GradScaler (CUDA only)
+    precision: str = "fp32"  # the forward pass: fp32, fp16 (CUDA autocast + GradScaler) or bf16 (CPU autocast)
     # state
     start_epoch: int = 0  # a callback restoring a checkpoint moves it on
     epoch: int = 0
@@ -102,13 +105,19 @@ class Run:
 
 
 def fit(model, optimizer, loss_fn, batches: Callable[[int], Iterable[Any]], *, epochs: int, steps_per_epoch: int,
-        schedule: Schedule = constant, device: str = "cpu", callbacks: Sequence[Callback] = ()) -> Run:
-    """Train ``model`` for ``epochs`` of ``batches(epoch)``; returns the finished :class:`Run`."""
+        schedule: Schedule = constant, device: str = "cpu", callbacks: Sequence[Callback] = (),
+        precision: str | None = None) -> Run:
+    """Train ``model`` for ``epochs`` of ``batches(epoch)``; returns the finished :class:`Run`.
+    ``precision``: the forward pass's (``fp32``, ``fp16``: CUDA autocast, ``bf16``: CPU autocast); None: fp16 on
+    CUDA, fp32 elsewhere."""
     import torch
 
+    if precision is None:
+        precision = "fp16" if device.startswith("cuda") else "fp32"
     run = Run(model=model, optimizer=optimizer, loss_fn=loss_fn, batches=batches, epochs=epochs,
               steps_per_epoch=steps_per_epoch, schedule=schedule, device=device,
-              callbacks=sorted(callbacks, key=lambda cb: cb.order), amp=device.startswith("cuda"))
+              callbacks=sorted(callbacks, key=lambda cb: cb.order), amp=precision == "fp16", precision=precision)
+    autocast = {"fp16": ("cuda", torch.float16), "bf16": ("cpu", torch.bfloat16)}.get(precision)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp)
@@ -132,9 +141,10 @@ def fit(model, optimizer, loss_fn, batches: Callable[[int], Iterable[Any]], *, e
             if x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             target = target.to(device)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=run.amp):
+            with torch.autocast(device_type=autocast[0] if autocast else "cpu",
+                                dtype=autocast[1] if autocast else torch.bfloat16, enabled=autocast is not None):
                 logits = (run.forward or model)(x)
-                loss = run.loss_fn(logits.float(), target)
+            loss = run.loss_fn(logits.float(), target)  # outside autocast: the loss in float32
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
