@@ -4,6 +4,7 @@ still work with a one-line deprecation warning; API parameter errors come out as
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -146,3 +147,23 @@ def test_old_positional_models_still_work(capsys, tmp_path):
     assert main(["train", str(tmp_path), "--backbone", "default", "--val-fraction", "0.95", "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert "--backbone is deprecated" in err and "--val-fraction must be" in err
+
+
+def test_the_old_server_entry_point_forwards_with_a_warning():
+    from imclass.serve.cli import translate
+
+    assert translate(["my-model", "--port", "0", "--workers", "2"]) == [
+        "serve", "--model", "my-model", "--port", "0", "--workers", "2"]
+    assert translate(["--port", "0"]) == ["serve", "--port", "0"]
+
+
+@pytest.mark.slow
+def test_the_old_server_entry_point_runs_imclass_serve():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "imclass.serve.cli", "--help"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "is deprecated" in res.stderr and "imclass serve --help" in res.stderr
+    assert "--graceful-timeout" in res.stdout and "--processes" in res.stdout
