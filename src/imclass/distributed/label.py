@@ -21,16 +21,17 @@ from __future__ import annotations
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .. import faults
-from ..engine.sources import iter_image_paths, validate_sources
+from ..engine.sources import iter_image_paths
 from ..errors import ImclassError, ParameterError
 from ..images import open_error
-from ..labelling import ID_COLUMNS, LabelSummary, check_sort_target, label_ids
+from ..labelling import ID_COLUMNS, LabelSummary, check_options, label_ids
 from ..labelling.sinks import PartsSink, Sink, open_sink
 from ..labelling.sorting import Sorter
 from ..prediction import Prediction
@@ -104,23 +105,10 @@ def predict(
     output of more than ``part_rows`` images is a folder of parts. Needs ``pip install 'imclass[ray]'``.
     """
     dataset_input = _is_dataset(sources)
-    if not dataset_input:
-        if not sources:
-            raise ImclassError("no sources given: pass image files or folders")
-        missing = validate_sources(sources)
-        if missing:
-            raise ImclassError(f"no such file or folder: {', '.join(missing[:5])}")
-    if top_k < 1:
-        raise ParameterError("top_k", "must be >= 1")
-    for name, value in (("batch_size", batch_size), ("streams", streams), ("threads", threads)):
-        if value is not None and value < 1:
-            raise ParameterError(name, "must be >= 1")
+    check_options(sources, top_k=top_k, batch_size=batch_size, streams=streams, threads=threads, resume=resume,
+                  output=output, sort_into=sort_into, paths=not dataset_input)
     if part_rows < 1:
         raise ParameterError("part_rows", "must be >= 1")
-    if resume and output is None:
-        raise ParameterError("resume", "needs {output} (the file to continue)")
-    if sort_into is not None and not dataset_input:
-        check_sort_target(sources, sort_into)
     if not isinstance(model, (str, os.PathLike)):
         raise ParameterError("model", "must be a name or a bundle folder with Ray (each actor loads it)")
     model = os.fspath(model)
@@ -302,7 +290,7 @@ def _label_dataset(run: _Run, dataset, plan: Plan, settings: dict[str, Any], don
         run.accepted(fresh)
 
 
-class _Writer:
+class _Writer(ABC):
     """Rows by their position in the list of images to label (``0..n-1``): each position accepted once."""
 
     def __init__(self, n: int):
@@ -316,8 +304,9 @@ class _Writer:
                 fresh.append((k, p))
         return fresh
 
+    @abstractmethod
     def add(self, pairs: list[tuple[int, Prediction]]) -> list[Prediction]:
-        raise NotImplementedError
+        """Write the fresh rows of ``pairs``; returns them as written."""
 
     def missing(self) -> list[int]:
         return [k for k, g in enumerate(self.got) if not g]

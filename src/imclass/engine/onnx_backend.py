@@ -67,16 +67,7 @@ class OnnxBackend:
         if preprocess is None:
             preprocess = _recorded_preprocess(self.session, self.path)
         self.preprocess = preprocess
-        std = np.asarray(preprocess.std, dtype=np.float32)
-        self._scale = (1.0 / (std * 255.0)).reshape(1, 3, 1, 1)
-        self._shift = (-np.asarray(preprocess.mean, dtype=np.float32) / std).reshape(1, 3, 1, 1)
-
-    def normalize(self, batch: np.ndarray) -> np.ndarray:
-        """``uint8`` NHWC -> normalised float32 NCHW (same values as ``Preprocess.normalize``)."""
-        x = np.ascontiguousarray(np.asarray(batch).transpose(0, 3, 1, 2)).astype(np.float32)
-        x *= self._scale
-        x += self._shift
-        return x
+        self.normalize = NchwNormalizer(preprocess)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output_name], {self.input_name: self.normalize(batch)})[0]
@@ -84,6 +75,22 @@ class OnnxBackend:
 
     def __repr__(self) -> str:
         return f"OnnxBackend({self.path!r}, providers={self.providers}, threads={self.threads}, streams={self.streams})"
+
+
+class NchwNormalizer:
+    """``uint8`` NHWC batch -> normalised float32 NCHW (the same values as ``Preprocess.normalize``), for the
+    runtimes that take the ONNX graph's input (ONNX Runtime, OpenVINO)."""
+
+    def __init__(self, preprocess):
+        std = np.asarray(preprocess.std, dtype=np.float32)
+        self._scale = (1.0 / (std * 255.0)).reshape(1, 3, 1, 1)
+        self._shift = (-np.asarray(preprocess.mean, dtype=np.float32) / std).reshape(1, 3, 1, 1)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(batch).transpose(0, 3, 1, 2)).astype(np.float32)
+        x *= self._scale
+        x += self._shift
+        return x
 
 
 def _recorded_preprocess(session, path: str):

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ImclassError
 from .backends import default_threads
+from .onnx_backend import NchwNormalizer
 
 PRECISIONS = ("fp32", "bf16", "int8")
 #: Set to 1 to run as on a CPU without bf16: ``--precision bf16`` is refused, ``auto`` never picks bf16.
@@ -113,16 +114,7 @@ class OpenVinoBackend:
         self._requests: queue.Queue = queue.Queue()
         for _ in range(streams):
             self._requests.put(self.compiled.create_infer_request())
-        std = np.asarray(preprocess.std, dtype=np.float32)
-        self._scale = (1.0 / (std * 255.0)).reshape(1, 3, 1, 1)
-        self._shift = (-np.asarray(preprocess.mean, dtype=np.float32) / std).reshape(1, 3, 1, 1)
-
-    def normalize(self, batch: np.ndarray) -> np.ndarray:
-        """``uint8`` NHWC -> normalised float32 NCHW (as :meth:`OnnxBackend.normalize`)."""
-        x = np.ascontiguousarray(np.asarray(batch).transpose(0, 3, 1, 2)).astype(np.float32)
-        x *= self._scale
-        x += self._shift
-        return x
+        self.normalize = NchwNormalizer(preprocess)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = self.normalize(batch)

@@ -39,6 +39,28 @@ class LabelSummary:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
+def check_options(sources, *, top_k: int, batch_size: int | None = None, streams: int | None = None,
+                  threads: int | None = None, resume: bool = False, output=None, sort_into=None,
+                  paths: bool = True) -> None:
+    """The argument checks of :func:`label_library` (also :func:`imclass.distributed.predict`'s); ``paths=False``
+    when ``sources`` is not a list of paths (a Ray Dataset)."""
+    if paths:
+        if not sources:
+            raise ImclassError("no sources given: pass image files or folders")
+        missing = validate_sources(sources)
+        if missing:
+            raise ImclassError(f"no such file or folder: {', '.join(missing[:5])}")
+    if top_k < 1:
+        raise ParameterError("top_k", "must be >= 1")
+    for name, value in (("batch_size", batch_size), ("streams", streams), ("threads", threads)):
+        if value is not None and value < 1:
+            raise ParameterError(name, "must be >= 1")
+    if resume and output is None:
+        raise ParameterError("resume", "needs {output} (the file to continue)")
+    if sort_into is not None and paths:
+        check_sort_target(sources, sort_into)
+
+
 def label_library(
     sources: Sequence[str | os.PathLike],
     *,
@@ -73,21 +95,8 @@ def label_library(
     ``backend`` / ``precision``: what runs the model (:meth:`Classifier.load`); the summary records what did.
     ``tta``: each image also runs mirrored and the two outputs are averaged (twice the work).
     """
-    if not sources:
-        raise ImclassError("no sources given: pass image files or folders")
-    missing = validate_sources(sources)
-    if missing:
-        raise ImclassError(f"no such file or folder: {', '.join(missing[:5])}")
-    if top_k < 1:
-        raise ParameterError("top_k", "must be >= 1")
-    if batch_size is not None and batch_size < 1:
-        raise ParameterError("batch_size", "must be >= 1")
-    if streams is not None and streams < 1:
-        raise ParameterError("streams", "must be >= 1")
-    if resume and output is None:
-        raise ParameterError("resume", "needs {output} (the file to continue)")
-    if sort_into is not None:
-        check_sort_target(sources, sort_into)
+    check_options(sources, top_k=top_k, batch_size=batch_size, streams=streams, resume=resume, output=output,
+                  sort_into=sort_into)
 
     t_load = time.perf_counter()
     extra = (*(ID_COLUMNS if ids else ()), *(KNOWN_COLUMNS if _can_say_unknown(model) else ()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +14,34 @@ from ..errors import ModelNotFoundError, ParameterError
 MAX_PARAM = 500  # characters of one parameter value (MLflow allows more; longer ones are cut)
 
 
-class Tracker:
+class Tracker(ABC):
     """One tracked run. ``where`` says where it went (``{"kind", "run_id", "uri"}`` or ``{"kind", "logdir"}``)."""
 
     where: dict[str, str]
 
+    @abstractmethod
     def params(self, params: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """The run's parameters (values longer than MAX_PARAM characters are cut)."""
 
+    @abstractmethod
     def metrics(self, values: dict[str, float], step: int = 0) -> None:
-        raise NotImplementedError
+        """Numbers at ``step`` (an epoch)."""
 
+    @abstractmethod
     def image(self, name: str, png: bytes) -> None:
         """A PNG figure (``name`` without extension)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def data(self, name: str, value: Any) -> None:
         """A JSON document (``name`` without extension)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def folder(self, path: Path, name: str, skip: tuple[str, ...] = ()) -> None:
         """The files of ``path`` (not those under the top-level names in ``skip``) as ``name``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self, status: str = "FINISHED") -> None:
         """``FINISHED``, ``FAILED`` or ``KILLED``."""
-        raise NotImplementedError
 
 
 class MlflowTracker(Tracker):
