@@ -45,6 +45,13 @@ def fingerprint(model, spec: ModelSpec) -> str:
     return h.hexdigest()
 
 
+def cache_path(model, spec: ModelSpec, *, features: bool = False, tag: str = "") -> Path:
+    """Where :func:`cached_onnx` keeps the export of ``model`` (the file may not exist yet)."""
+    stem = ("features-" if features else "") + (f"{tag}-" if tag else "")
+    stem += re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model_id)
+    return cache_dir() / "onnx" / f"{stem}-{fingerprint(model, spec)[:20]}.onnx"
+
+
 def cached_onnx(model, spec: ModelSpec, *, features: bool = False, tag: str = "") -> Path:
     """Path of a verified fp32 ONNX export of ``model``, exporting it on first use.
 
@@ -53,9 +60,7 @@ def cached_onnx(model, spec: ModelSpec, *, features: bool = False, tag: str = ""
     """
     from .onnx_export import export_onnx
 
-    stem = ("features-" if features else "") + (f"{tag}-" if tag else "")
-    stem += re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.model_id)
-    path = cache_dir() / "onnx" / f"{stem}-{fingerprint(model, spec)[:20]}.onnx"
+    path = cache_path(model, spec, features=features, tag=tag)
     if path.is_file():
         return path
     with atomic_path(path, suffix=".onnx") as tmp:  # concurrent first runs: each writes its own, last wins

@@ -155,15 +155,29 @@ class Embedder:
                     {"architecture": spec.architecture, "preprocess": spec.preprocess.to_dict()})
 
     # ---- computing ------------------------------------------------------------------------------
+    def _feature_model(self):
+        """The torch module that computes this embedder's vectors (a copy of the backbone)."""
+        if self.taps:
+            from ..models.open_set import TapFeatures, unwrap
+
+            return TapFeatures(copy.deepcopy(unwrap(self.classifier.model)).eval(), list(self.taps))
+        return feature_module(self.classifier.model)
+
+    def _onnx_tag(self) -> str:
+        return "taps" + hashlib.sha256(",".join(self.taps).encode()).hexdigest()[:8] if self.taps else ""
+
+    def exported_graph(self) -> Path | None:
+        """The verified ONNX file of this embedder's feature graph if an earlier run exported it (builds the
+        torch model to fingerprint it), else None."""
+        from ..engine.onnx_cache import cache_path
+
+        path = cache_path(self._feature_model(), self.classifier.spec, features=True, tag=self._onnx_tag())
+        return path if path.is_file() else None
+
     def _runner(self) -> Callable[[np.ndarray], np.ndarray]:
         if self._run is None:
             spec = self.classifier.spec
-            if self.taps:
-                from ..models.open_set import TapFeatures, unwrap
-
-                model = TapFeatures(copy.deepcopy(unwrap(self.classifier.model)).eval(), list(self.taps))
-            else:
-                model = feature_module(self.classifier.model)
+            model = self._feature_model()
             use_onnx = self.backend_name == "onnx" or (
                 self.backend_name == "auto" and resolve_device(self.device) == "cpu")
             if use_onnx:
@@ -171,8 +185,8 @@ class Embedder:
                     from ..engine.onnx_backend import OnnxBackend, default_streams
                     from ..engine.onnx_cache import cached_onnx
 
-                    tag = "taps" + hashlib.sha256(",".join(self.taps).encode()).hexdigest()[:8] if self.taps else ""
-                    self._run = OnnxBackend(cached_onnx(model, spec, features=True, tag=tag), spec.preprocess,
+                    self._run = OnnxBackend(cached_onnx(model, spec, features=True, tag=self._onnx_tag()),
+                                            spec.preprocess,
                                             threads=self.threads, streams=default_streams("cpu", self.threads))
                 except Exception as e:
                     if self.backend_name == "onnx":
@@ -190,6 +204,12 @@ class Embedder:
             raise ImclassError(f"unknown view {view!r}; use one of {', '.join(repr(v) for v in VIEWS)}")
         other = copy.copy(self)
         other.view, other._key = view, None
+        return other
+
+    def plain(self) -> Embedder:
+        """This embedder for the plain pre-classifier features (no taps, no view)."""
+        other = copy.copy(self)
+        other.taps, other.view, other._key, other._run = (), "", None, None
         return other
 
     def prepare(self) -> Embedder:

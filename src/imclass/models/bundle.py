@@ -145,6 +145,18 @@ def save_bundle(model, spec: ModelSpec, path: str | os.PathLike) -> Path:
     return out
 
 
+def save_arrays_bundle(tensors: dict[str, Any], spec: ModelSpec, path: str | os.PathLike) -> Path:
+    """:func:`save_bundle` for a network held as NumPy arrays named as its torch module names them (no torch)."""
+    from safetensors.numpy import save_file
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(out / MANIFEST, json.dumps(spec_to_manifest(spec), indent=2) + "\n")
+    return out
+
+
 def load_bundle(path: str | os.PathLike):
     """Return ``(model, spec)`` from a bundle directory."""
     from safetensors.torch import load_model

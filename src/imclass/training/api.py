@@ -16,6 +16,7 @@ from ..fileio import write_json
 from ..models.spec import ModelSpec
 from . import calibrate
 from .config import TrainConfig, TrainResult
+from .light import LightProbe
 from .outcome import Trained
 from .validation import with_validation
 
@@ -114,9 +115,19 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
         spec.metrics = metrics
         result = TrainResult(out=None, metrics=metrics, config=cfg, history=trained.history, seconds=seconds,
                              images=trained.images, notes=notes)
-        clf = Classifier(trained.model, spec, device=cfg.device, backend="torch")
-        if out is not None:
-            result.out = _write_run(Path(out), clf, ds, cfg, result, trained)
+        if isinstance(trained.model, LightProbe):  # arrays: written as a bundle, then run from its ONNX graph
+            if out is None:
+                trained.model = trained.model.torch()
+            else:
+                trained.model.save(spec, out)
+        if isinstance(trained.model, LightProbe):
+            clf = Classifier.load(out, device=cfg.device)
+            result.out = _write_run(Path(out), None, ds, cfg, result, trained)
+        else:
+            clf = Classifier(trained.model, spec, device=cfg.device, backend="torch")
+            if out is not None:
+                result.out = _write_run(Path(out), clf, ds, cfg, result, trained)
+        if result.out is not None:
             clf.spec.source = os.fspath(result.out)
     except BaseException as e:
         if log is not None:
@@ -224,7 +235,7 @@ def _run_mode(ds: Dataset, cfg: TrainConfig, balanced: bool, progress: Progress 
     if cfg.mode == "probe":
         from .probe import train_probe
 
-        return train_probe(ds, cfg, balanced, progress)
+        return train_probe(ds, cfg, balanced, progress, light=out is not None)
     from .finetune import train_network
 
     return train_network(ds, cfg, balanced, progress, out=out, resume=resume, on_epoch=on_epoch, strategy=strategy)
@@ -385,10 +396,12 @@ def _round(x: float | None) -> float | None:
 
 
 def _write_run(out: Path, clf, ds: Dataset, cfg: TrainConfig, result: TrainResult, trained: Trained) -> Path:
+    """The run folder: the bundle (``clf``; None: already written), metrics, config, history, splits, curves."""
     from .curves import plot_curves
 
     out.mkdir(parents=True, exist_ok=True)
-    clf.save(out)
+    if clf is not None:
+        clf.save(out)
     write_json(out / "metrics.json", result.metrics)
     write_json(out / "config.json", {**cfg.to_dict(), "dataset": ds.source})
     write_json(out / "history.json", result.history)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 log = logging.getLogger("imclass")
 
@@ -39,14 +40,14 @@ class GaussianStats:
 
     @classmethod
     def fit(cls, x: np.ndarray, groups: np.ndarray, max_rank: int = MAX_RANK) -> GaussianStats:
-        from sklearn.covariance import ledoit_wolf
-
         x = x.astype(np.float64)
         keys = np.unique(groups)
         means = np.stack([x[groups == g].mean(axis=0) for g in keys])
         centred = x - means[np.searchsorted(keys, groups)]
-        cov, _ = ledoit_wolf(centred)
-        w, v = np.linalg.eigh(cov)
+        # One BLAS thread: on two cores that a torch process' OpenMP threads also wait on, a threaded eigh of
+        # a 1280-wide matrix took 1-6 s instead of 0.3 s.
+        with threadpool_limits(1):
+            w, v = np.linalg.eigh(ledoit_wolf(centred))
         order = np.argsort(-w)[:max_rank]
         w = np.maximum(w[order], 1e-12)
         return cls(means=means, proj=v[:, order] / np.sqrt(w))
@@ -77,6 +78,10 @@ class OpenSetFit:
 
     def build(self, model):
         """``model`` wrapped in an :class:`~imclass.models.open_set.OpenSetNet` carrying this score."""
+        from .light import LightProbe
+
+        if isinstance(model, LightProbe):
+            return model.with_open_set(self.config, self.buffers)
         import torch
 
         from ..models.open_set import OpenSetNet, unwrap
@@ -88,6 +93,24 @@ class OpenSetFit:
         return net.eval()
 
 
+def ledoit_wolf(x: np.ndarray) -> np.ndarray:
+    """Ledoit-Wolf shrunk covariance of ``x`` (rows: samples), as :func:`sklearn.covariance.ledoit_wolf` computes
+    it, with the fourth moments from row norms (one ``D x D`` product instead of two, and no scikit-learn
+    import)."""
+    n, d = x.shape
+    x = x - x.mean(axis=0)
+    cov = x.T @ x / n
+    mu = float(np.trace(cov)) / d
+    delta_ = float((cov * cov).sum())  # |S|_F^2
+    beta_ = float(((x * x).sum(axis=1) ** 2).sum())  # sum_i |x_i|^4 == sum((X^2)^T X^2)
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2.0 * mu * float(np.trace(cov)) + d * mu * mu) / d
+    shrinkage = 0.0 if delta == 0 else min(beta, delta) / delta
+    out = (1.0 - shrinkage) * cov
+    out.flat[:: d + 1] += shrinkage * mu
+    return out
+
+
 def log_top_probability(logits: np.ndarray, temperature: float | None) -> np.ndarray:
     z = logits.astype(np.float64) / (temperature or 1.0)
     z = z - z.max(axis=1, keepdims=True)
@@ -95,9 +118,16 @@ def log_top_probability(logits: np.ndarray, temperature: float | None) -> np.nda
 
 
 def _auroc(known: np.ndarray, unseen: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unseen))], np.r_[known, unseen]))
+    """P(a known row scores above an unseen one), ties counting half (Mann-Whitney; = ROC AUC)."""
+    both = np.r_[known, unseen]
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(len(both))
+    ranks[order] = np.arange(1, len(both) + 1)
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    if (counts > 1).any():  # average ranks within ties
+        ranks = (np.bincount(inverse, weights=ranks) / counts)[inverse]
+    n1, n0 = len(known), len(unseen)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def _candidates(taps: list[str], with_probability: bool) -> dict[str, tuple[str, ...]]:
@@ -288,6 +318,13 @@ def tap_features(model, spec, paths: list[str], shas: list[str | None], *, backb
     ``backbone``: the frozen backbone's name when only the head was trained (the probe): its taps are then
     the same for every run and come from the embedding cache; otherwise the trained network is run.
     """
+    from .light import LightProbe
+
+    if isinstance(model, LightProbe):
+        from .light import tap_features as light_taps
+
+        return light_taps(model, paths, shas, backbone=backbone or "default", device=device, workers=workers,
+                          progress=progress)
     import torch
 
     from ..classifier import Classifier
@@ -308,6 +345,8 @@ def tap_features(model, spec, paths: list[str], shas: list[str | None], *, backb
     where = next(net.parameters()).device
     with torch.no_grad():
         dims = [int(f.shape[1]) for f in pooled_taps(net, torch.zeros(1, 3, h, w, device=where), taps)[1]]
+    if backbone is not None:
+        _remember(embedder, taps, dims)
     ok = emb.ok
     cols = np.cumsum([0, *dims])
     vectors = np.nan_to_num(emb.vectors) if emb.vectors.size else np.zeros((len(paths), cols[-1]), np.float32)
@@ -317,3 +356,19 @@ def tap_features(model, spec, paths: list[str], shas: list[str | None], *, backb
         pre = torch.from_numpy(feats[PRE_LOGITS].astype(np.float32)).to(where)
         logits = head(pre).cpu().numpy().astype(np.float64)
     return feats, logits, ok
+
+
+def _remember(taps_embedder, taps: list[str], dims: list[int]) -> None:
+    """Record the probe's frozen backbone (:mod:`imclass.features.frozen`) once its tap graph is exported, so
+    the next probe on it trains without torch. A failure is logged, never raised: the model is trained."""
+    from ..features.frozen import recall, remember
+
+    try:
+        key = taps_embedder.plain().key
+        if recall(key) is not None or taps_embedder.classifier.spec.architecture.get("family") != "timm":
+            return
+        graph = taps_embedder.exported_graph()
+        if graph is not None:
+            remember(key, taps_embedder.classifier, taps, dims, graph)
+    except Exception as e:  # a cache, not a result
+        log.warning("could not record the backbone for torch-free probe retraining (%s)", e)

@@ -11,6 +11,7 @@ from ..data import Dataset
 from ..data.stratify import stratified_folds
 from ..errors import ImclassError
 from ..features import Embedder, embed_dataset
+from ..features.frozen import recall
 from ..features.head import fit_head, out_of_fold_logits
 from .assemble import with_new_head
 from .config import TrainConfig
@@ -22,10 +23,15 @@ OOF_FOLDS = 5
 
 
 def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
-                progress: Callable[[str, int, int | None], None] | None = None, views: tuple[str, ...] = ()) -> Trained:
+                progress: Callable[[str, int, int | None], None] | None = None, views: tuple[str, ...] = (),
+                light: bool = False) -> Trained:
     """Embed every image (cache first), fit the head on ``train``, choose ``C`` on ``val``. ``views``
     (:data:`imclass.features.embed.VIEWS`): the training images are also embedded as these augmented views and
-    added as more training rows (validation stays on the plain images, as the bundle will see them)."""
+    added as more training rows (validation stays on the plain images, as the bundle will see them).
+
+    ``light``: when the backbone is recorded (:mod:`imclass.features.frozen`), the model is a
+    :class:`~imclass.training.light.LightProbe` (arrays; no torch import when every embedding is cached) instead
+    of a torch network."""
     t0 = time.perf_counter()
     embedder = Embedder(cfg.backbone, device=cfg.device)
     total = len(ds)
@@ -94,13 +100,20 @@ def train_probe(ds: Dataset, cfg: TrainConfig, balanced: bool,
         calib_index = tr_idx
         notes.append(f"only {int(va.sum())} validation images: temperature and thresholds also use {len(folds)}-fold "
                      f"out-of-fold predictions on the {len(tr_idx)} training images")
-    clf = embedder.classifier  # the backbone (built now if everything came from the cache)
-    model, arch = with_new_head(clf.model, clf.spec.architecture, ds.classes, head.weight, head.bias)
+    frozen = recall(embedder.key) if light and not views else None
+    if frozen is not None:
+        from .light import LightProbe
+
+        model, arch, base = LightProbe(frozen, head.weight, head.bias), frozen.base.architecture, frozen.base
+    else:
+        clf = embedder.classifier  # the backbone (built now if everything came from the cache)
+        model, arch = with_new_head(clf.model, clf.spec.architecture, ds.classes, head.weight, head.bias)
+        base = clf.spec
     history = [{"C": c["C"], "val_log_loss": round(c["val_log_loss"], 5)} for c in head.curve]
     notes.append(f"regularisation C={head.C:g} chosen on validation log loss"
                  if head.curve else "no validation images: C=0.1 by default")
     return Trained(
-        model=model, architecture=arch, preprocess=clf.spec.preprocess, base=clf.spec,
+        model=model, architecture=arch, preprocess=base.preprocess, base=base,
         val_logits=head.logits(x[va]), val_index=np.flatnonzero(va),
         test_logits=head.logits(x[te]), test_index=np.flatnonzero(te),
         calib_logits=calib_logits, calib_index=calib_index,

@@ -1,0 +1,96 @@
+"""Torch-free probe retraining: once a backbone is recorded (imclass.features.frozen), a probe on cached embeddings
+writes its bundle from arrays and a composed ONNX graph; that bundle is the same network the torch path makes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_train import COLOURS, blob_image, blobs  # noqa: F401 (blobs: a fixture)
+
+
+def _outputs(path, images):
+    """(torch outputs, ONNX Runtime outputs) of the bundle at ``path`` on ``images``."""
+    import imclass
+    from imclass.engine.backends import TorchBackend
+    from imclass.models.bundle import load_bundle
+
+    model, spec = load_bundle(path)
+    batch = np.stack([spec.preprocess.load(p) for p in images])
+    clf = imclass.load(path, device="cpu")
+    assert clf.runtime["backend"] == "onnx"
+    return TorchBackend(model, spec.preprocess, device="cpu")(batch), clf.backend(batch)
+
+
+def _light_run(data, out, **options):
+    """Train twice: the first run records the backbone (when no earlier test did), the second is the light one."""
+    import imclass
+    from imclass.features import Embedder
+    from imclass.features.frozen import recall
+
+    if recall(Embedder("default").key) is None:
+        imclass.train(data, out=out.parent / f"{out.name}-first", seed=0, **options)
+    assert recall(Embedder("default").key) is not None
+    clf, result = imclass.train(data, out=out, seed=0, **options)
+    manifest = json.loads((out / "imclass.json").read_text())
+    assert manifest["exports"]["onnx"]["fp32"] == "model.onnx" and (out / "model.onnx").is_file()
+    return clf, result
+
+
+@pytest.mark.slow
+def test_a_light_probe_is_the_network_the_torch_path_makes(blobs, tmp_path):  # noqa: F811
+    import imclass
+
+    clf, result = _light_run(blobs, tmp_path / "light")
+    assert result.metrics["unknown"]["parts"]  # the known-class score is part of the network
+    images = sorted(str(p) for p in blobs.rglob("*.jpg"))[::3]
+    torch_out, onnx_out = _outputs(tmp_path / "light", images)
+    n_cal = json.loads((tmp_path / "light" / "imclass.json").read_text())["open_set"]["calibration"]
+    np.testing.assert_allclose(onnx_out[:, :-1], torch_out[:, :-1], atol=1e-3)
+    # the known score is a p-value over n_cal images: float rounding may move it by a step or two
+    assert np.abs(onnx_out[:, -1] - torch_out[:, -1]).max() <= 2.5 / (n_cal + 1)
+    # the torch path (no out: never light) fits the same head on the same embeddings
+    reference, _ = imclass.train(blobs, seed=0)
+    from imclass.engine.backends import TorchBackend
+
+    batch = np.stack([reference.spec.preprocess.load(p) for p in images])
+    ref = TorchBackend(reference.model, reference.spec.preprocess, device="cpu")(batch)
+    np.testing.assert_allclose(torch_out[:, :-1], ref[:, :-1], atol=1e-3)
+    assert np.abs(torch_out[:, -1] - ref[:, -1]).max() <= 2.5 / (n_cal + 1)
+    assert [p.label for p in clf.predict(images)] == [p.label for p in reference.predict(images)]
+
+
+def test_a_light_multi_label_probe(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = ["filename,labels"]
+    for i in range(48):
+        red, square = i % 2 == 0, (i // 2) % 2 == 0
+        blob_image(tmp_path / "img" / f"{i}.jpg", COLOURS["red"] if red else COLOURS["blue"], rng, square=square)
+        rows.append(f"img/{i}.jpg," + " ".join(lab for lab, on in (("red", red), ("square", square)) if on))
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    _clf, result = _light_run(tmp_path / "tags.csv", tmp_path / "run")
+    assert result.metrics["task"] == "multi_label"
+    torch_out, onnx_out = _outputs(tmp_path / "run", [tmp_path / "img" / f"{i}.jpg" for i in range(12)])
+    np.testing.assert_allclose(onnx_out[:, :-1], torch_out[:, :-1], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_retraining_and_predicting_a_probe_never_imports_torch(blobs, tmp_path):  # noqa: F811
+    import imclass
+
+    imclass.train(blobs, out=tmp_path / "first", seed=0)  # records the backbone, fills the embedding cache
+    script = (
+        "import sys, imclass\n"
+        f"clf, result = imclass.train({str(blobs)!r}, out={str(tmp_path / 'again')!r}, seed=1)\n"
+        f"rows = imclass.load({str(tmp_path / 'again')!r}).predict({str(blobs)!r})\n"
+        "assert len(rows) == 60 and all(r.error is None for r in rows), rows[:3]\n"
+        "print('torch' in sys.modules, result.metrics['val']['accuracy'])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    imported, accuracy = done.stdout.split()
+    assert imported == "False"
+    assert float(accuracy) >= 0.9
