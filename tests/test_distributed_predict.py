@@ -293,3 +293,22 @@ def test_cli_probe_and_audit_embed_on_ray(ray_local, tmp_path, capsys):
     assert main(["data", "audit", str(tmp_path / "data"), "--ray", "--no-label-check", "--json"]) == 0
     assert EmbeddingCache(default_path()).count(key) == before + 66
     assert json.loads(capsys.readouterr().out)["dataset"]["images"] == 66
+
+
+def test_ray_rows_of_a_hierarchy_model_carry_label_path_and_known_score(ray_local, tmp_path):
+    """The columns a model's rows carry (label_path, known_score) are the single-process output's on Ray too."""
+    import imclass
+    from test_hierarchy import LEAVES, _blob
+
+    rng = np.random.default_rng(0)
+    for leaf, colour in LEAVES.items():
+        for i in range(8):
+            _blob(tmp_path / "tree" / leaf / f"{i}.jpg", colour, rng)
+    imclass.train(tmp_path / "tree", out=tmp_path / "run", mode="probe", hierarchy=True, seed=0)
+    imclass.label_library([tmp_path / "tree"], model=str(tmp_path / "run"), output=tmp_path / "one.csv")
+    distributed.predict([tmp_path / "tree"], model=str(tmp_path / "run"), output=tmp_path / "ray.csv", actors=1)
+    want, got = read_rows(tmp_path / "one.csv"), read_rows(tmp_path / "ray.csv")
+    assert "label_path" in got[0] and "known_score" in got[0]
+    by_path = {r["path"]: r for r in want}
+    assert all(r["label_path"] == by_path[r["path"]]["label_path"] for r in got)
+    assert any(r["label_path"].startswith("sports>dance>") for r in got)

@@ -64,11 +64,11 @@ class Labeller:
         image, so that every batch (one of unreadable files too) has the same columns."""
         import pyarrow as pa
 
-        from ..labelling.sinks import parquet_schema
+        from ..labelling.sinks import EXTRA_TYPES, parquet_schema
 
-        schema = parquet_schema(self.multi, self.extra)
         h, w = self.clf.spec.preprocess.input_size
         row = self._label(np.zeros((1, h, w, 3), np.uint8), ["blank"])[0].to_dict()
+        schema = parquet_schema(self.multi, tuple(dict.fromkeys([*self.extra, *(k for k in row if k in EXTRA_TYPES)])))
         for key, value in row.items():
             if key not in schema.names:
                 schema = schema.append(pa.field(key, pa.array([value]).type))

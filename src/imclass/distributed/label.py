@@ -31,7 +31,7 @@ from .. import faults
 from ..engine.sources import iter_image_paths
 from ..errors import ImclassError, ParameterError
 from ..images import open_error
-from ..labelling import ID_COLUMNS, LabelSummary, check_options, label_ids
+from ..labelling import ID_COLUMNS, LabelSummary, check_options, label_ids, output_columns
 from ..labelling.sinks import PartsSink, Sink, open_sink
 from ..labelling.sorting import Sorter
 from ..prediction import Prediction
@@ -120,7 +120,7 @@ def predict(
                            upstream_cpus=1.0 if dataset_input else READ_CPUS)
         t_load = time.perf_counter()
         listing = None if dataset_input else list(iter_image_paths([os.fspath(s) for s in sources]))
-        extra = ID_COLUMNS if ids else ()
+        extra = output_columns(model, ids)
         sink = (open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite, extra_columns=extra,
                           parts=dataset_input or len(listing) > part_rows, part_rows=part_rows)
                 if output is not None else None)
@@ -133,8 +133,8 @@ def predict(
         summary.load_seconds = time.perf_counter() - t_load
         sorter = Sorter(sort_into, sort_mode) if sort_into is not None else None
         settings = dict(model=model, device=plan.device, backend=backend, threads=plan.threads,
-                        streams=plan.streams, top_k=top_k, reject_unknown=reject_unknown, extra=extra,
-                        batch_size=batch_size, workers=plan.workers)
+                        streams=plan.streams, top_k=top_k, reject_unknown=reject_unknown,
+                        extra=ID_COLUMNS if ids else (), batch_size=batch_size, workers=plan.workers)
         run = _Run(summary, sink, sorter, on_batch)
         try:
             if listing is not None:

@@ -99,8 +99,7 @@ def label_library(
                   sort_into=sort_into)
 
     t_load = time.perf_counter()
-    extra = (*(ID_COLUMNS if ids else ()), *(KNOWN_COLUMNS if _can_say_unknown(model) else ()),
-             *(HIERARCHY_COLUMNS if _is_hierarchy(model) else ()))
+    extra = output_columns(model, ids)
     sink: Sink | None = (open_sink(output, top_k=top_k, resume=resume, overwrite=overwrite,
                                    extra_columns=extra) if output else None)
     if isinstance(model, Classifier):
@@ -162,6 +161,13 @@ def label_library(
 ID_COLUMNS = ("class_index", "wnid")
 KNOWN_COLUMNS = ("known_score",)  # models that can say "unknown": how familiar each image looks
 HIERARCHY_COLUMNS = ("label_path",)  # hierarchy models: the chosen node and its ancestors ("sports>dance")
+
+
+def output_columns(model, ids: bool = False) -> tuple[str, ...]:
+    """The columns rows of ``model`` carry besides the standard ones: ``--ids``' columns, ``known_score`` (models
+    that can say unknown), ``label_path`` (hierarchy models). Read from the manifest, before the model is built."""
+    return (*(ID_COLUMNS if ids else ()), *(KNOWN_COLUMNS if _can_say_unknown(model) else ()),
+            *(HIERARCHY_COLUMNS if _is_hierarchy(model) else ()))
 
 
 def _is_hierarchy(model) -> bool:

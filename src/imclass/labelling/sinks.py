@@ -259,7 +259,9 @@ def write_parquet(rows: list[dict], path: Path, schema=None) -> None:
 
 
 #: Types of the known extra columns (``--ids``), single-label and multi-label.
-EXTRA_TYPES = {"class_index": ("int64", "list<int64>"), "wnid": ("string", "list<string>")}
+#: Parquet types of the extra columns (single-label, multi-label): ``--ids``' columns, ``known_score``, ``label_path``.
+EXTRA_TYPES = {"class_index": ("int64", "list<int64>"), "wnid": ("string", "list<string>"),
+               "known_score": ("double", "double"), "label_path": ("nodes", "nodes")}
 
 
 def parquet_schema(multi_label: bool, extra: tuple[str, ...] = ()):
@@ -272,7 +274,8 @@ def parquet_schema(multi_label: bool, extra: tuple[str, ...] = ()):
     if multi_label:
         fields.append(("labels", pa.list_(pa.string())))  # every label above its threshold
     types = {"int64": pa.int64(), "string": pa.string(), "list<int64>": pa.list_(pa.int64()),
-             "list<string>": pa.list_(pa.string())}
+             "list<string>": pa.list_(pa.string()), "double": pa.float64(),
+             "nodes": pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))}
     for name in extra:
         fields.append((name, types[EXTRA_TYPES[name][int(multi_label)]]))
     return pa.schema(fields)
