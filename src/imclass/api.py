@@ -116,7 +116,8 @@ __all__ = [
 
 
 def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | None = None,
-         templates: Sequence[str] | None = None, unknown_threshold: float | None = None, device: str = "auto",
+         templates: Sequence[str] | None = None, unknown_threshold: float | None = None, unknown: bool = False,
+         device: str = "auto",
          threads: int | None = None, backend: str = "auto", streams: int | None = None,
          precision: str = "auto", tta: bool = False) -> Classifier:
     """Load a classifier: ``default`` (embedded ImageNet model), ``lite1``/``lite2`` (larger embedded ones), a
@@ -125,7 +126,9 @@ def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | 
     ``classes``: labels you name, without training (zero-shot): a CLIP-style ``hf:`` model scores each image
     against text prompts for each name (``templates``, e.g. ``["a photo of a {}."]``; default: a small
     ensemble). ``unknown_threshold``: a top score below it is ``unknown`` instead of the model's own rule (0:
-    never; zero-shot models have none unless given).
+    never; zero-shot models have none unless given). ``unknown=True``: the default model, which never says
+    ``unknown`` otherwise, uses its measured rule (rows carry ``known_score``; below 0.05, ``unknown``: 95% of
+    ImageNet photos accepted, most photos of none of its classes rejected; README, "Label a library").
     ``backend``: ``auto`` (ONNX Runtime on CPU, torch on CUDA), ``torch``, ``onnx``, ``onnx-int8`` or ``openvino``
     (extra ``imclass[openvino]``); ``precision``: ``auto``, ``fp32``, ``bf16`` (OpenVINO, CPUs with bf16) or
     ``int8`` (see :class:`Classifier`).
@@ -138,7 +141,8 @@ def load(name: str | os.PathLike = "default", *, classes: Sequence[str] | str | 
     from .classifier import Classifier
 
     return Classifier.load(name, device=device, threads=threads, backend=backend, streams=streams, classes=classes,
-                           templates=templates, unknown_threshold=unknown_threshold, precision=precision, tta=tta)
+                           templates=templates, unknown_threshold=unknown_threshold, unknown=unknown,
+                           precision=precision, tta=tta)
 
 
 def models() -> list[dict[str, str]]:

