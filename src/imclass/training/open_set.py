@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,7 +163,7 @@ def choose(feats: dict[str, np.ndarray], y: np.ndarray, pre_logits: str | None, 
     taps = list(feats)
     with_probability = pre_logits is not None and len(classes) >= 3
     cands = _candidates(taps, with_probability)
-    aurocs: dict[str, list[float]] = {c: [] for c in cands}
+    folds = []  # drawn in order first: the same folds whatever order the threads finish in
     for k in classes:
         rest = np.flatnonzero(y != k)
         rng.shuffle(rest)
@@ -170,8 +172,11 @@ def choose(feats: dict[str, np.ndarray], y: np.ndarray, pre_logits: str | None, 
         fit, ref = rest[:cut], rest[cut:]
         unseen = np.flatnonzero(y == k)
         unseen = rng.permutation(unseen)[: max(50, rows // 4)]
-        if len(ref) < 5 or len(unseen) < 5 or len(np.unique(y[fit])) < 1:
-            continue
+        if len(ref) >= 5 and len(unseen) >= 5:
+            folds.append((fit, ref, unseen))
+
+    def fold_aurocs(fold: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float]:
+        fit, ref, unseen = fold
         parts: dict[str, np.ndarray] = {}
         both = np.r_[ref, unseen]
         for t in taps:
@@ -179,9 +184,16 @@ def choose(feats: dict[str, np.ndarray], y: np.ndarray, pre_logits: str | None, 
         if with_probability:
             parts[PROBABILITY] = _probability_proxy(feats[pre_logits][fit], y[fit], feats[pre_logits][both], seed)
         z = {p: _zscore(v, v[: len(ref)]) for p, v in parts.items()}
+        out = {}
         for name, members in cands.items():
             s = sum(z[m] for m in members)
-            aurocs[name].append(_auroc(s[: len(ref)], s[len(ref):]))
+            out[name] = _auroc(s[: len(ref)], s[len(ref):])
+        return out
+
+    # one fold per thread, each on one BLAS thread (eigh and the products release the GIL): ~1.7x on 2 idle cores
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        done = list(pool.map(fold_aurocs, folds))
+    aurocs: dict[str, list[float]] = {c: [d[c] for d in done] for c in cands}
     means = {c: float(np.mean(v)) for c, v in aurocs.items() if v}
     if not means:
         return (taps[-1] if taps else PROBABILITY), {}
@@ -288,11 +300,11 @@ def fit_open_set(feats: dict[str, np.ndarray], y: np.ndarray, train: np.ndarray,
         report["note"] = (f"{n} calibration images are too few to promise {coverage:.0%} coverage: "
                           f"nothing is rejected (needs at least {math.ceil(1 / alpha) - 1})")
     else:
-        from scipy.stats import beta
+        from scipy.special import betaincinv  # = scipy.stats.beta.ppf, without importing scipy.stats (0.4-0.8 s)
 
         a, b = n + 1 - rejected_ranks, rejected_ranks
         report["expected_coverage"] = round(1.0 - rejected_ranks / (n + 1), 4)
-        report["coverage_interval"] = [round(float(beta.ppf(0.05, a, b)), 4), round(float(beta.ppf(0.95, a, b)), 4)]
+        report["coverage_interval"] = [round(float(betaincinv(a, b, 0.05)), 4), round(float(betaincinv(a, b, 0.95)), 4)]
     config = {
         "version": 1, "score": name, "taps": used,
         "weights": [1.0] * len(used), "probability_weight": 1.0 if use_prob else 0.0,
