@@ -27,7 +27,10 @@ def test_bar_and_summary_agree(capsys, tmp_path):
                         r"the model loaded in ([\d.]+)s", err)
     assert bar and summary, err
     bar_rate, summary_rate = float(bar.group(1)), float(summary.group(2))
-    assert abs(bar_rate - summary_rate) <= 0.25 * summary_rate, (bar_rate, summary_rate)
+    # the two clocks stop a few milliseconds apart (4 images: tens of ms on a busy machine), so the rates agree
+    # only roughly; a bar that also counted the model's loading (here longer than the labelling itself) would be
+    # slower than half the summary's rate
+    assert 0.5 * summary_rate <= bar_rate <= 2.0 * summary_rate, (bar_rate, summary_rate, summary.group(3))
     assert "0.0 img/s" not in err
 
 
