@@ -94,7 +94,8 @@ def main() -> int:
         load = os.getloadavg()[0]
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:
             f.write(f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: probe retraining, whole process "
-                    f"(bench/retrain.py)\n\n`python bench/retrain.py --rounds {args.rounds} --record`: 2 cores, load "
+                    f"(bench/retrain.py)\n\n`python bench/retrain.py --rounds {args.rounds} --base {args.base} "
+                    f"--record`: 2 cores, load "
                     f"{load:.1f} at the end. `imclass train DATA --mode probe --out RUN -q` from a warm embedding "
                     f"cache; \"torch\" is the same command run by the code of `{args.base}`. torch imported "
                     f"by the torch-free process: {imported}.\n\n" + table + "\n")

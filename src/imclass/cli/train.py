@@ -85,6 +85,15 @@ def train(
         "--train-precision", help="Fine-tuning's forward pass: auto (bf16 autocast on CPUs with native bf16, float16 "
                                   "on CUDA, else fp32; IMCLASS_NO_BF16=1 forces fp32) | fp32 | bf16. Weights stay "
                                   "float32.")] = "auto",
+    layer_decay: Annotated[Optional[float], typer.Option(
+        "--layer-decay", help="Fine-tuning: layer-wise LR decay, e.g. 0.75: each backbone layer group below the top "
+                              "one trains at that times the LR of the one above (default: off).",
+        show_default=False)] = None,
+    mixup: Annotated[float, typer.Option("--mixup", min=0.0, help="Mixup alpha, e.g. 0.2 (0: off).")] = 0.0,
+    cutmix: Annotated[float, typer.Option("--cutmix", min=0.0, help="CutMix alpha, e.g. 1.0 (0: off).")] = 0.0,
+    ema: Annotated[Optional[float], typer.Option(
+        "--ema", help="Keep a moving average of the weights with this decay (e.g. 0.998) and save it instead of "
+                      "the raw weights (default: off).", show_default=False)] = None,
     track: Annotated[str, typer.Option(
         "--track", help="Log the run: none | mlflow (params, per-epoch metrics, confusion matrix, the bundle) | "
                         "tensorboard (<out>/tensorboard/). Needs the extra: pip install 'imclass\\[track]'.")] = "none",
@@ -141,7 +150,8 @@ def train(
                       val_fraction=val_fraction, balance=balance,
                       unknown_coverage=None if no_unknown else unknown_coverage, unknown_score=unknown_score,
                       patience=patience, device=device, workers=workers, loader_workers=loader_workers,
-                      devices=devices, hierarchy=hierarchy, precision=train_precision)
+                      devices=devices, hierarchy=hierarchy, precision=train_precision, layer_decay=layer_decay,
+                      mixup=mixup, cutmix=cutmix, ema=ema)
     scale_out = ray_options(ray, ray_address, actors, gpus_per_actor)
     if scale_out is not None and (mode != "probe" or budget is not None):
         raise typer.BadParameter("--ray computes the probe's embeddings; fine-tuning scales with --devices",

@@ -5,6 +5,7 @@ They run in this order (``order``), for every hook:
 ====  ==================  ===================================================================================
    0  FreezeBackbone      the first epoch(s): only the head trains, BatchNorm in eval; ``frozen_backbone``
    5  (DDP)               data-parallel runs: the model wrapper, ``train_loss`` over every process
+   8  EMA                 a moving average of the weights, updated after every step (``ema`` on)
   10  Validation          scores the validation set after each epoch (``val_loss``, ``val_accuracy`` / F1)
   20  TrackBest           ``improved`` and the best monitored score so far (``run.best``)
   30  Checkpoints         resume (before the fit), ``best`` / ``last`` after each epoch, best weights at the end
@@ -48,6 +49,20 @@ class FreezeBackbone(Callback):
         run.record["frozen_backbone"] = self.frozen
 
 
+class EMA(Callback):
+    """Updates ``ema`` (``timm.utils.ModelEmaV3`` of the run's model) after every optimiser step, with the global
+    step for its warm-up, so a resumed run continues the same average. ``train_network`` validates ``ema.module``
+    and hands it to :class:`Checkpoints` (``evaluated``, and ``modules`` so that a resume restores it)."""
+
+    order = 8
+
+    def __init__(self, ema: Any):
+        self.ema = ema
+
+    def after_step(self, run: Run) -> None:
+        self.ema.update(run.model, step=run.global_step + 1)
+
+
 class Validation(Callback):
     """Adds ``score(run)`` (a dict: validation loss and metric) to each epoch's record; ``None``: no validation."""
 
@@ -81,12 +96,16 @@ class Checkpoints(Callback):
     """``best`` (weights, when the epoch improved) and ``last`` (weights, optimiser, ``{epoch, history, best,
     identity}``) in ``folder`` after every epoch. ``resume``: continue from ``last`` when it exists and its
     ``identity`` matches; without ``resume`` an existing run is an error. At the end the best weights are loaded.
-    ``write=False`` (the other processes of a data-parallel run): nothing is read or written."""
+    ``write=False`` (the other processes of a data-parallel run): nothing is read or written. ``modules``: more
+    state saved in ``last`` and restored on resume, by name (``{"ema": ...}``); ``evaluated``: the module whose
+    weights are validated, kept as ``best`` and loaded into the model at the end (default: the model itself)."""
 
     order = 30
 
-    def __init__(self, folder: Path, identity: dict[str, Any], resume: bool, write: bool = True):
+    def __init__(self, folder: Path, identity: dict[str, Any], resume: bool, write: bool = True,
+                 modules: dict[str, Any] | None = None, evaluated: Any = None):
         self.folder, self.identity, self.resume, self.write = folder, identity, resume, write
+        self.modules, self.evaluated = modules or {}, evaluated
 
     def before_fit(self, run: Run) -> None:
         if not self.write:
@@ -96,7 +115,7 @@ class Checkpoints(Callback):
             if state.get("identity") != self.identity:
                 raise ImclassError(f"{self.folder}: the checkpoint is from a different configuration or dataset; "
                                    "use another --out, or the same options as the interrupted run")
-            checkpoint.restore(self.folder, checkpoint.LAST, run.model, run.optimizer)
+            checkpoint.restore(self.folder, checkpoint.LAST, run.model, run.optimizer, self.modules)
             run.start_epoch, run.history, run.best = state["epoch"] + 1, state["history"], state.get("best")
         elif not self.resume and checkpoint.load_state(self.folder) is not None:
             raise ParameterError("out", f"{self.folder} holds a previous run: pass {{resume}} to continue it, "
@@ -106,9 +125,10 @@ class Checkpoints(Callback):
         if not self.write:
             return
         if run.record.get("improved"):
-            checkpoint.save(self.folder, checkpoint.BEST, run.model)
+            checkpoint.save(self.folder, checkpoint.BEST, run.model if self.evaluated is None else self.evaluated)
         checkpoint.save(self.folder, checkpoint.LAST, run.model, run.optimizer,
-                        {"epoch": run.epoch, "history": run.history, "best": run.best, "identity": self.identity})
+                        {"epoch": run.epoch, "history": run.history, "best": run.best, "identity": self.identity},
+                        self.modules)
 
     def after_fit(self, run: Run) -> None:
         if self.write and checkpoint.load_state(self.folder, checkpoint.BEST) is not None:

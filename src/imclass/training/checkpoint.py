@@ -1,6 +1,7 @@
 """Training checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
-``<run>/checkpoints/last.safetensors`` holds the model (``model.*``) and the optimizer state (``opt.<id>.<key>``);
+``<run>/checkpoints/last.safetensors`` holds the model (``model.*``), the optimizer state (``opt.<id>.<key>``) and
+any further modules of the run (``<name>.*``: ``ema.*``, the moving average of the weights);
 ``last.json`` holds the epoch, the history, the best score so far and the run's config. Both files are
 replaced atomically, JSON last, so a run killed at any moment resumes from the last complete epoch.
 """
@@ -17,11 +18,15 @@ LAST = "last"
 BEST = "best"
 
 
-def save(folder: Path, name: str, model, optimizer=None, state: dict[str, Any] | None = None) -> None:
+def save(folder: Path, name: str, model, optimizer=None, state: dict[str, Any] | None = None,
+         modules: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint: ``model`` (and ``optimizer``, ``modules`` by name) in safetensors, ``state`` in JSON."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"{prefix}.{k}": v.detach().cpu().contiguous()
+               for prefix, module in {**(modules or {}), "model": model}.items()
+               for k, v in module.state_dict().items()}
     opt_meta: dict[str, Any] = {}
     if optimizer is not None:
         sd = optimizer.state_dict()
@@ -45,13 +50,15 @@ def load_state(folder: Path, name: str = LAST) -> dict[str, Any] | None:
         return None
 
 
-def restore(folder: Path, name: str, model, optimizer=None) -> None:
-    """Load the model (and optimizer) tensors of a checkpoint in place."""
+def restore(folder: Path, name: str, model, optimizer=None, modules: dict[str, Any] | None = None) -> None:
+    """Load the model (and optimizer, ``modules`` by name) tensors of a checkpoint in place."""
     import torch
     from safetensors.torch import load_file
 
     tensors = load_file(str(folder / f"{name}.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    for prefix, module in {"model": model, **(modules or {})}.items():
+        module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")},
+                               strict=True)
     if optimizer is None:
         return
     sd = optimizer.state_dict()

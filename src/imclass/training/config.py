@@ -43,6 +43,11 @@ class TrainConfig:
     # fine-tuning's forward pass: auto = bf16 autocast on CPUs with native bf16 (IMCLASS_NO_BF16=1: fp32), float16
     # autocast on CUDA, fp32 elsewhere; weights, gradients and optimiser always float32 (training/precision.py)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # timm's fine-tuning recipes (finetune and scratch; the probe ignores them); off by default
+    layer_decay: float | None = None  # finetune: each backbone layer group's LR x this per group below the top one
+    mixup: float = 0.0  # Mixup alpha (timm.data.Mixup; 0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off; with mixup too, each batch is one or the other)
+    ema: float | None = None  # decay of an exponential moving average of the weights, validated and kept
 
     def __post_init__(self) -> None:
         from ..errors import ParameterError
@@ -67,12 +72,28 @@ class TrainConfig:
             raise ParameterError("devices", "must be >= 1")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ParameterError("precision", f"must be auto, fp32 or bf16, not {self.precision!r}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ParameterError("layer_decay", f"must be in (0, 1] (e.g. 0.75), not {self.layer_decay}")
+        if self.layer_decay is not None and self.mode == "scratch":
+            raise ParameterError("layer_decay", "applies to fine-tuning a pretrained backbone (mode finetune)")
+        for name in ("mixup", "cutmix"):
+            if not getattr(self, name) >= 0.0:
+                raise ParameterError(name, f"is a Beta alpha >= 0 (0: off; e.g. 0.2), not {getattr(self, name)}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ParameterError("ema", f"must be in (0, 1) (e.g. 0.998), not {self.ema}")
+        if self.ema is not None and self.devices > 1:
+            raise ParameterError("ema", "applies to one process (not with {devices} > 1)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if not d["hierarchy"]:  # recorded only when on: other runs' config.json as before
-            del d["hierarchy"]
+        for key in RECORDED_WHEN_SET:  # recorded only when set: other runs' config.json (and resumes) as before
+            if d[key] == _DEFAULTS[key]:
+                del d[key]
         return d
+
+
+RECORDED_WHEN_SET = ("hierarchy", "layer_decay", "mixup", "cutmix", "ema")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass

@@ -8,6 +8,11 @@ assembles them into the generic loop of :mod:`.loop` with the behaviours of :mod
 - AdamW, linear warm-up then cosine decay per step; label smoothing 0.1 (single-label);
 - timm's augmentation (``RandomResizedCrop``, flips, colour jitter, RandAugment incl. rotations,
   random erasing) by preset; validation uses the exact inference preprocessing;
+- timm's fine-tuning recipes, off unless asked for (``cfg``): layer-wise LR decay (``layer_decay``: below the
+  top backbone layer group, each group's LR is that factor times the one above, groups by the model's timm
+  ``group_matcher``), Mixup / CutMix (``mixup``, ``cutmix``: ``timm.data.Mixup``, soft targets, the label
+  smoothing inside them), an exponential moving average of the weights (``ema``: ``timm.utils.ModelEmaV3`` with
+  its warm-up; validated, kept as best and saved instead of the raw weights, and checkpointed for a resume);
 - mixed precision: float16 autocast on CUDA, bfloat16 autocast of the forward pass on CPUs with native bf16
   (``cfg.precision``, :mod:`.precision`); channels-last;
 - early stopping on the validation metric; ``best`` and ``last`` checkpoints (safetensors + JSON) after
@@ -44,6 +49,7 @@ DEFAULT_EPOCHS = {"finetune": 15, "scratch": 30}
 DEFAULT_LR = {"finetune": 1e-3, "scratch": 3e-3}
 SCRATCH_SIZE = 128
 WARMUP = 0.05  # fraction of all steps spent warming up
+SMOOTHING = 0.1  # label smoothing of single-label targets
 SKIP_START = 10  # LR range test: points ignored at the start when looking for the steepest descent
 PRESETS: dict[str, dict[str, Any]] = {
     "light": {"scale": (0.7, 1.0), "hflip": 0.5},
@@ -157,6 +163,14 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
     model = model.to(device, memory_format=torch.channels_last)
     head_params = set(id(p) for p in model.get_classifier().parameters()) if hasattr(model, "get_classifier") \
         else set(id(p) for p in list(model.parameters())[-2:])
+    ema = None
+    if cfg.ema is not None:
+        if strategy.world > 1:
+            raise ParameterError("ema", "applies to one process (not with devices > 1)")
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True)
+    scored = model if ema is None else ema.module  # the weights validated, kept as best and returned
     optimizer = torch.optim.AdamW(_param_groups(model, head_params, base_lr, cfg), lr=base_lr,
                                   weight_decay=cfg.weight_decay)
     loss_fn = _loss(ds, balanced, device)
@@ -172,18 +186,20 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
     train_rows = ImageRows([paths[i] for i in tr_idx], y[tr_idx], train_transform(pre, cfg.augment), draft)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     freeze_epochs = 1 if (cfg.mode == "finetune" and epochs >= 3) else 0
+    mixing = Mixing(cfg, len(ds.classes), ds.multi_label) if cfg.mixup or cfg.cutmix else None
 
     def batches(epoch: int):
         """The epoch's shuffled batches; every epoch starts from its own seed, so a resumed run replays it (each
-        process of a data-parallel run: the same shuffle, its own share, its own augmentation draws)."""
+        process of a data-parallel run: the same shuffle, its own share, its own augmentation and mixing draws)."""
         _seed_everything(cfg.seed * 1000 + epoch + 7919 * strategy.rank)
-        return strategy.loader(train_rows, per_process, cfg.seed * 1000 + epoch, workers)
+        loader = strategy.loader(train_rows, per_process, cfg.seed * 1000 + epoch, workers)
+        return loader if mixing is None else map(mixing, loader)
 
     last: dict[str, np.ndarray] = {}
 
     def val_scores(run: Run) -> dict[str, float]:
         logits = strategy.map_rows([paths[i] for i in va_idx], lambda ps: predict_logits(
-            run.model, ps, pre, device, cfg.batch_size, cfg.workers))
+            scored, ps, pre, device, cfg.batch_size, cfg.workers))
         last["logits"] = logits
         return _val_scores(logits, y[va_idx], ds.multi_label, run.loss_fn, device)
 
@@ -205,9 +221,12 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
     if strategy.world > 1:  # the shuffle depends on the number of processes: a resume keeps it
         identity["processes"] = strategy.world
     extra = list(callbacks)
+    kept = {} if ema is None else {"modules": {"ema": ema}, "evaluated": scored}  # EMA: resumed, validated, kept
     callbacks = [cbs.FreezeBackbone(head_params, freeze_epochs), cbs.Validation(val_scores if len(va_idx) else None),
-                 cbs.TrackBest(_monitor), cbs.Checkpoints(ckpt_dir, identity, resume, write=strategy.main),
+                 cbs.TrackBest(_monitor), cbs.Checkpoints(ckpt_dir, identity, resume, write=strategy.main, **kept),
                  cbs.EarlyStopping(cfg.patience), cbs.FaultPoints("finetune"), *strategy.callbacks(), *extra]
+    if ema is not None:
+        callbacks.append(cbs.EMA(ema))
     if progress is not None and strategy.main:
         callbacks.append(cbs.Progress(progress))
     if on_epoch is not None and strategy.main:
@@ -232,6 +251,7 @@ def train_network(ds: Dataset, cfg: TrainConfig, balanced: bool, progress=None, 
              + f", best epoch {max(history, key=_monitor)['epoch'] if history else '-'}"]
     if freeze_epochs:
         notes.append("epoch 1 trained the new head only; then all layers, backbone at 1/10 of the head's LR")
+    notes += _recipe_notes(cfg)
     if precision == "bf16":
         notes.append("forward pass in bfloat16 autocast (this CPU runs bf16 natively); loss, gradients and weights in "
                      "float32 (precision='fp32' or IMCLASS_NO_BF16=1: all float32)")
@@ -296,13 +316,72 @@ def _num_outputs(model) -> int:
 
 
 def _param_groups(model, head_ids: set[int], base_lr: float, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: the head at ``base_lr``, the backbone (finetune) at 1/10 of it, and with ``layer_decay``
+    each backbone layer group below the top one at ``layer_decay`` times the LR of the one above (1: as without);
+    no weight decay on biases and norm weights. The head's decayed group comes last (its LR is reported)."""
     backbone_lr = base_lr / 10 if cfg.mode == "finetune" else base_lr
-    groups: dict[tuple[bool, bool], list] = {}
+    scales = {} if cfg.layer_decay is None else _layer_scales(model, head_ids, cfg.layer_decay)
+    groups: dict[tuple[bool, float, bool], list] = {}
     for p in model.parameters():
-        groups.setdefault((id(p) in head_ids, p.ndim > 1), []).append(p)
-    return [{"params": ps, "lr": base_lr if head else backbone_lr, "initial_lr": base_lr if head else backbone_lr,
-             "weight_decay": cfg.weight_decay if decay else 0.0}
-            for (head, decay), ps in sorted(groups.items())]
+        head = id(p) in head_ids
+        groups.setdefault((head, base_lr if head else backbone_lr * scales.get(id(p), 1.0), p.ndim > 1), []).append(p)
+    return [{"params": ps, "lr": lr, "initial_lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0}
+            for (head, lr, decay), ps in sorted(groups.items(), key=lambda kv: kv[0])]
+
+
+def _layer_scales(model, head_ids: set[int], decay: float) -> dict[int, float]:
+    """``id(parameter) -> decay ** (layer groups between it and the top backbone group)``, the groups as the
+    model's timm ``group_matcher`` (fine-grained: stem, each block, ...) says."""
+    if not hasattr(model, "group_matcher"):
+        raise ParameterError("layer_decay", "needs a timm backbone (its group_matcher says what a layer is)")
+    from timm.models import group_parameters
+
+    named = dict(model.named_parameters())
+    layers = sorted(group_parameters(model, model.group_matcher(coarse=False)).items())
+    depth = {id(named[n]): i for i, (_, names) in enumerate(layers) for n in names}
+    top = max(d for pid, d in depth.items() if pid not in head_ids)
+    return {pid: decay ** max(0, top - d) for pid, d in depth.items()}
+
+
+class Mixing:
+    """Mixes each training batch with timm's ``Mixup`` (Mixup or CutMix, drawn per batch) into soft targets, the
+    label smoothing inside them (single-label: 0.1; multi-label: none, as without mixing). ``Mixup`` pairs the
+    images of an even batch: the last image of an odd one keeps its own (smoothed) target."""
+
+    def __init__(self, cfg: TrainConfig, classes: int, multi: bool):
+        from timm.data import Mixup
+
+        self.mix = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=0.0 if multi else SMOOTHING,
+                         num_classes=classes, multi_label=multi)
+
+    def __call__(self, batch):
+        if batch is None:
+            return None
+        import torch
+        from timm.data.mixup import mixup_target
+
+        x, target, *rest = batch
+        m = self.mix
+        soft = mixup_target(target, m.num_classes, 1.0, m.label_smoothing, m.multi_label)
+        even = len(x) - len(x) % 2
+        if even:
+            mixed, soft[:even] = m(x[:even].clone(), target[:even])
+            x = torch.cat([mixed, x[even:]])
+        return (x, soft, *rest)
+
+
+def _recipe_notes(cfg: TrainConfig) -> list[str]:
+    notes = []
+    if cfg.layer_decay is not None:
+        notes.append(f"layer-wise LR decay {cfg.layer_decay}: each backbone layer group below the top one trains at "
+                     f"{cfg.layer_decay}x the LR of the one above")
+    if cfg.mixup or cfg.cutmix:
+        what = " and ".join(f"{n} alpha {a}" for n, a in (("Mixup", cfg.mixup), ("CutMix", cfg.cutmix)) if a)
+        notes.append(f"{what}: training images mixed in pairs, soft targets")
+    if cfg.ema is not None:
+        notes.append(f"moving average of the weights (EMA, decay {cfg.ema}, with warm-up): validated and saved "
+                     "instead of the raw weights")
+    return notes
 
 
 def _schedule(step: int, total: int) -> float:
@@ -328,7 +407,11 @@ def _loss(ds: Dataset, balanced: bool, device: str):
     if balanced:
         counts = np.bincount(y, minlength=len(ds.classes)).clip(1)
         weight = torch.tensor(len(y) / (len(ds.classes) * counts), dtype=torch.float32, device=device)
-    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)
+    hard = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=SMOOTHING)
+    # soft targets (Mixup / CutMix, smoothing already in them): timm's SoftTargetCrossEntropy, and balanced, each
+    # class's share of a target weighted by the class's weight (torch's cross-entropy on probabilities)
+    soft = torch.nn.CrossEntropyLoss(weight=weight)
+    return lambda logits, target: soft(logits, target) if target.ndim == 2 else hard(logits, target)
 
 
 def _val_scores(logits: np.ndarray, y: np.ndarray, multi: bool, loss_fn, device: str) -> dict[str, float]:
