@@ -67,9 +67,9 @@ def probe1000(rows: list[list[str]]) -> None:
     for tag in ("first run (embeddings computed)", "retrain from the cache"):
         dest = OUT / f"run-probe1000-{'a' if tag.startswith('first') else 'b'}"
         shutil.rmtree(dest, ignore_errors=True)
-        r = run_measured(["train", str(csv), "--out", str(dest)], cache)
+        r = run_measured(["train", str(csv), "--out", str(dest), "--mode", "probe"], cache)
         rows.append([f"probe, 1,000 flowers5 photos: {tag}", f"{r['wall']:.1f}", f"{r['rss_mib']:.0f}",
-                     headline(r["metrics"]), f"`imclass train {csv.relative_to(ROOT)} --out RUN`"])
+                     headline(r["metrics"]), f"`imclass train {csv.relative_to(ROOT)} --out RUN --mode probe`"])
     # in-process: the second call in a warm interpreter (what a notebook user sees)
     code = (f"import time, imclass; t=time.perf_counter(); imclass.train({str(csv)!r}); a=time.perf_counter()-t; "
             f"t=time.perf_counter(); imclass.train({str(csv)!r}); b=time.perf_counter()-t; print(a, b)")
@@ -103,13 +103,13 @@ def main() -> None:
         for tag in ("first", "cached"):
             dest = OUT / f"run-{name}-{tag}"
             shutil.rmtree(dest, ignore_errors=True)
-            r = run_measured(["train", str(DATASETS / rel), "--out", str(dest), *extra], cache)
+            r = run_measured(["train", str(DATASETS / rel), "--out", str(dest), "--mode", "probe", *extra], cache)
             m = r["metrics"]
             probes[name] = m
             imgs = sum(v for k, v in m["images"].items() if k != "test")
             rows.append([f"probe, {name} ({imgs} train+val images), {tag}", f"{r['wall']:.1f}",
                          f"{r['rss_mib']:.0f}", headline(m),
-                         f"`imclass train {rel} --out RUN {' '.join(extra)}`".replace("  ", " ")])
+                         f"`imclass train {rel} --out RUN --mode probe {' '.join(extra)}`".replace("  ", " ")])
     if not only or "probe1000" in only:
         probe1000(rows)
     if a.finetune:

@@ -171,8 +171,8 @@ def test_bad_tracking_options(data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_tracks_to_mlruns_in_the_working_folder(data, tmp_path):
-    r = run_cli("train", str(data), "--out", "run", "--track", "mlflow", "--no-unknown", cwd=tmp_path,
-                env_extra={"MLFLOW_TRACKING_URI": ""})
+    r = run_cli("train", str(data), "--out", "run", "--mode", "probe", "--track", "mlflow", "--no-unknown",
+                cwd=tmp_path, env_extra={"MLFLOW_TRACKING_URI": ""})
     assert r.returncode == 0, r.stderr
     assert "Tracked: MLflow run" in r.stderr and (tmp_path / "mlruns").is_dir()
     run_id = json.loads((tmp_path / "run" / "metrics.json").read_text())["tracking"]["run_id"]

@@ -217,10 +217,11 @@ def test_finetune_resume_after_kill_matches_uninterrupted(blobs, tmp_path):
 @pytest.mark.slow
 def test_cli_train_then_predict(blobs, tmp_path):
     run = tmp_path / "run"
-    res = run_cli("train", str(blobs), "--out", str(run), "--json")
+    res = run_cli("train", str(blobs), "--out", str(run), "--json")  # no --mode: a 5-minute budget chooses
     assert res.returncode == 0, res.stderr
     metrics = json.loads(res.stdout)
     assert metrics["val"]["accuracy"] >= 0.9
+    assert metrics["budget"]["seconds"] == 300 and metrics["budget"]["candidates"][0]["status"] == "done"
     out = tmp_path / "pred.csv"
     res = run_cli("predict", str(blobs / "green"), "--model", str(run), "-o", str(out), "-q", "--no-unknown")
     assert res.returncode == 0, res.stderr

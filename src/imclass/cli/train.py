@@ -45,7 +45,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (a model bundle + metrics).")] = None,
     model: ModelOpt = None,
     mode: Annotated[Optional[str], typer.Option(
-        "--mode", help=f"{' | '.join(MODES)} (default: probe; with --budget: only that mode's candidates)",
+        "--mode", help=f"{' | '.join(MODES)} (default: none, a 5-minute budget chooses; with --budget: only that "
+                       "mode's candidates)",
         show_default=False)] = None,
     budget: Annotated[Optional[str], typer.Option(
         "--budget", help="Let imclass choose within this time (90s, 10m, 1h; auto = 5m): the probe first, then "
@@ -110,14 +111,15 @@ def train(
 ) -> int:
     """Train a classifier on your labelled images.
 
-    --mode probe (default) fits a logistic-regression head on cached embeddings of --model (the starting
-    backbone): seconds once the embeddings are cached. finetune trains the whole network (augmentation,
-    early stopping, checkpoints, --resume); scratch trains a small VGG-style CNN. The run folder is a model
-    bundle: `imclass predict --model RUN` uses it.
+    By default imclass chooses within 5 minutes (--budget auto; --budget 10m for another time): the probe first
+    (its result in seconds), then the candidates that can still win in the time left (mirrored and enlarged views,
+    Lite1|2 features, fine-tuning); the best on validation is kept, and the run says what it tried and why it
+    stopped. The run folder is a model bundle: `imclass predict --model RUN` uses it.
 
-    --budget 10m lets imclass choose within the time: the probe first (its result in seconds), then the
-    candidates that can still win in the time left; the best on validation is kept, and the run says what it
-    tried and why it stopped. With --mode too, only that mode's candidates are tried.
+    --mode chooses yourself: probe fits a logistic-regression head on cached embeddings of --model (the starting
+    backbone): seconds once the embeddings are cached. finetune trains the whole network (augmentation,
+    early stopping, checkpoints, --resume); scratch trains a small VGG-style CNN. With --budget too, only that
+    mode's candidates are tried.
 
     --devices N fine-tunes on N processes (torchrun -m imclass train ... across machines); --ray computes the
     probe's embeddings on a Ray cluster (into the embedding cache) first.
@@ -127,6 +129,8 @@ def train(
 
     model = prefer(model, backbone, "--backbone", "--model")
     check_choice(track, ("none", "mlflow", "tensorboard"), "--track")
+    if budget is None and mode is None and not (resume or find_lr or devices > 1 or ray or ray_address):
+        budget = "auto"  # no mode asked for: imclass chooses within DEFAULT_BUDGET
     budget_opts: dict = {}
     if budget is not None:
         from ..training.budget import parse_duration
