@@ -37,7 +37,9 @@ SIZES = [(224, 224), (128, 128), (300, 300), (350, 350), (256, 256), (257, 257),
 SIZES += [(n, n) for n in random.Random(0).sample(range(20, 1200), 10)]
 
 
-@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "lanczos", "box", "hamming", "nearest"])
+# the default models' bicubic in the quick loop; every other filter in `make test` (about 1 s each)
+@pytest.mark.parametrize("interpolation", [pytest.param(i, marks=() if i == "bicubic" else pytest.mark.slow)
+                                           for i in ("bicubic", "bilinear", "lanczos", "box", "hamming", "nearest")])
 @pytest.mark.parametrize("input_size, crop_pct", [((224, 224), 0.875), ((224, 224), 1.0), ((160, 192), 0.9),
                                                   ((240, 240), 0.875), ((299, 299), 0.875)])
 def test_crop_box_resize_changes_no_pixel(interpolation, input_size, crop_pct):
