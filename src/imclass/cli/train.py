@@ -116,7 +116,7 @@ def train(
     Lite1|2 features, fine-tuning); the best on validation is kept, and the run says what it tried and why it
     stopped. The run folder is a model bundle: `imclass predict --model RUN` uses it.
 
-    --mode chooses yourself: probe fits a logistic-regression head on cached embeddings of --model (the starting
+    With --mode you choose: probe fits a logistic-regression head on cached embeddings of --model (the starting
     backbone): seconds once the embeddings are cached. finetune trains the whole network (augmentation,
     early stopping, checkpoints, --resume); scratch trains a small VGG-style CNN. With --budget too, only that
     mode's candidates are tried.
