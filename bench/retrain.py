@@ -5,7 +5,8 @@ run, alternating rounds.
 
 Each round runs ``imclass train DATA --mode probe --out RUN`` as a fresh process, once with this checkout
 (torch-free: the backbone's record, :mod:`imclass.features.frozen`, exists) and once with the code of ``--base``
-(default ``HEAD``, checked out in a temporary worktree: the baseline), on a private cache warmed first.
+(default ``b753976``, the last revision before torch-free retraining, checked out in a temporary worktree: the
+baseline), on a private cache warmed first.
 Data: ``neu_steel_defects`` (1,800 images, 6 classes) and a 300-image subset of ``flowers5`` (60 per class: a
 labelling session's size). Also reports whether the torch-free process imported torch (it must not) and the two
 bundles' validation accuracy.
@@ -44,7 +45,8 @@ def main() -> int:
     ap.add_argument("--datasets", type=Path, default=Path(os.environ.get("IMCLASS_DATASETS",
                                                                          ROOT.parent / "shared" / "datasets")))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--base", default="HEAD", help="git revision of the baseline")
+    ap.add_argument("--base", default="b753976", help="git revision of the baseline (default: the last one before "
+                                                       "torch-free retraining)")
     ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = ap.parse_args()
     if not args.datasets.is_dir():
