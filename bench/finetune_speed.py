@@ -61,9 +61,11 @@ def decoded(rows, transform, seed: int):
     return xs, ys
 
 
-def step_fn(model, channels_last: bool, bf16: bool, lr: float = 1e-4):
+def step_fn(model, channels_last: bool, bf16: bool, lr: float = 1e-4, forward=None):
+    """One optimiser step of ``model``; ``forward``: what runs the batch (default ``model``; a compiled module)."""
     import torch
 
+    forward = forward or model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
@@ -71,7 +73,7 @@ def step_fn(model, channels_last: bool, bf16: bool, lr: float = 1e-4):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
+            logits = forward(x)
         loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -91,9 +93,7 @@ def time_variant(name, channels_last, bf16, compiled, x, y, steps, warm=3, compi
     fwd = model
     if compiled:
         fwd = torch.compile(model)
-    step = step_fn(model, channels_last, bf16)
-    if compiled:  # the step calls model(x): route it through the compiled module
-        step = _compiled_step(fwd, model, channels_last, bf16)
+    step = step_fn(model, channels_last, bf16, forward=fwd)  # fwd: the compiled module when compiled
     times = []
     t_start = time.perf_counter()
     for i in range(warm + steps):
@@ -105,26 +105,6 @@ def time_variant(name, channels_last, bf16, compiled, x, y, steps, warm=3, compi
             return {"variant": name, "skipped": f"first step {times[0]:.0f} s (> {compile_limit:.0f} s)"}
     return {"variant": name, "median_s": statistics.median(times[warm:]), "first_s": times[0],
             "total_s": time.perf_counter() - t_start}
-
-
-def _compiled_step(fwd, model, channels_last, bf16):
-    import torch
-
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-
-    def step(x, y):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = fwd(x)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
 
 
 def accuracy_check(root: Path, epochs: int, per_train: int, per_val: int, batch: int, fast: tuple[bool, bool]):

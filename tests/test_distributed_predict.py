@@ -298,12 +298,13 @@ def test_cli_probe_and_audit_embed_on_ray(ray_local, tmp_path, capsys):
 def test_ray_rows_of_a_hierarchy_model_carry_label_path_and_known_score(ray_local, tmp_path):
     """The columns a model's rows carry (label_path, known_score) are the single-process output's on Ray too."""
     import imclass
-    from test_hierarchy import LEAVES, _blob
+    from test_hierarchy import LEAVES
+    from test_train import blob_image
 
     rng = np.random.default_rng(0)
     for leaf, colour in LEAVES.items():
         for i in range(8):
-            _blob(tmp_path / "tree" / leaf / f"{i}.jpg", colour, rng)
+            blob_image(tmp_path / "tree" / leaf / f"{i}.jpg", colour, rng)
     imclass.train(tmp_path / "tree", out=tmp_path / "run", mode="probe", hierarchy=True, seed=0)
     imclass.label_library([tmp_path / "tree"], model=str(tmp_path / "run"), output=tmp_path / "one.csv")
     distributed.predict([tmp_path / "tree"], model=str(tmp_path / "run"), output=tmp_path / "ray.csv", actors=1)

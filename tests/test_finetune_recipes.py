@@ -4,29 +4,15 @@ end-to-end runs on tiny images, and a resume with EMA that ends where an uninter
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
-COLOURS = {"red": (215, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 215)}
+import test_finetune_precision as _shared
+
+COLOURS, blobs = _shared.COLOURS, _shared.blobs  # blobs: the precision tests' fixture (same images)
+
 TINY = {"image_size": 32, "batch_size": 12, "loader_workers": 0, "calibrate": False, "unknown_coverage": None}
-
-
-@pytest.fixture(scope="module")
-def blobs(tmp_path_factory) -> Path:
-    """Three colour classes, 12 small images each."""
-    root = tmp_path_factory.mktemp("blobs")
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir()
-        for i in range(12):
-            img = Image.fromarray(rng.normal(120, 25, (48, 64, 3)).clip(0, 255).astype(np.uint8))
-            x, y = int(rng.integers(2, 30)), int(rng.integers(2, 14))
-            ImageDraw.Draw(img).ellipse([x, y, x + 30, y + 30], fill=colour)
-            img.save(root / name / f"{name}_{i:02d}.jpg", quality=92)
-    return root
 
 
 @pytest.mark.parametrize("bad", [{"layer_decay": 0.0}, {"layer_decay": 1.5}, {"mixup": -0.1}, {"cutmix": -1.0},

@@ -9,26 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from imclass.data import load_dataset
 from imclass.models.spec import UNKNOWN_LABEL, ModelSpec
 from imclass.prediction import decide
 from imclass.preprocess import Preprocess
+from test_train import blob_image
 
 # leaf folder -> colour of its images
 LEAVES = {"sports/dance/ballet": (215, 40, 40), "sports/dance/tango": (230, 150, 30),
           "sports/ball": (40, 60, 215), "nature": (40, 190, 60)}
-
-
-def _blob(path: Path, colour, rng, size=(96, 72)) -> None:
-    arr = rng.normal(120, 25, (size[1], size[0], 3)).clip(0, 255).astype(np.uint8)
-    img = Image.fromarray(arr)
-    x, y = int(rng.integers(4, size[0] - 40)), int(rng.integers(4, size[1] - 40))
-    fill = tuple(int(v) for v in np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255))
-    ImageDraw.Draw(img).ellipse([x, y, x + 34, y + 34], fill=fill)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, quality=92)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,7 @@ def tree(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     for leaf, colour in LEAVES.items():
         for i in range(10):
-            _blob(root / leaf / f"{leaf.replace('/', '_')}_{i:02d}.jpg", colour, rng)
+            blob_image(root / leaf / f"{leaf.replace('/', '_')}_{i:02d}.jpg", colour, rng)
     return root
 
 
@@ -68,8 +58,8 @@ def test_flag_on_gives_path_labels(tree):
 
 
 def test_images_directly_in_a_parent_and_csv_paths(tmp_path):
-    _blob(tmp_path / "f" / "sports" / "a.jpg", (1, 2, 3), np.random.default_rng(1))
-    _blob(tmp_path / "f" / "sports" / "dance" / "b.jpg", (1, 2, 3), np.random.default_rng(2))
+    blob_image(tmp_path / "f" / "sports" / "a.jpg", (1, 2, 3), np.random.default_rng(1))
+    blob_image(tmp_path / "f" / "sports" / "dance" / "b.jpg", (1, 2, 3), np.random.default_rng(2))
     assert load_dataset(tmp_path / "f", inspect=False, hierarchy=True).classes == ["sports", "sports/dance"]
     (tmp_path / "labels.csv").write_text("filename,label\nf/sports/a.jpg,sports / dance/\nf/sports/dance/b.jpg,x\n")
     assert load_dataset(tmp_path / "labels.csv", inspect=False, hierarchy=True).classes == ["sports/dance", "x"]

@@ -137,22 +137,21 @@ def save_bundle(model, spec: ModelSpec, path: str | os.PathLike) -> Path:
     """Write ``model`` and ``spec`` as a bundle directory (atomically per file)."""
     from safetensors.torch import save_model
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / WEIGHTS) as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt"})
-    atomic_write_text(out / MANIFEST, json.dumps(spec_to_manifest(spec), indent=2) + "\n")
-    return out
+    return _write_bundle(lambda tmp: save_model(model, tmp, metadata={"format": "pt"}), spec, path)
 
 
 def save_arrays_bundle(tensors: dict[str, Any], spec: ModelSpec, path: str | os.PathLike) -> Path:
     """:func:`save_bundle` for a network held as NumPy arrays named as its torch module names them (no torch)."""
     from safetensors.numpy import save_file
 
+    return _write_bundle(lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), spec, path)
+
+
+def _write_bundle(write_weights, spec: ModelSpec, path: str | os.PathLike) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        write_weights(str(tmp))
     atomic_write_text(out / MANIFEST, json.dumps(spec_to_manifest(spec), indent=2) + "\n")
     return out
 

@@ -115,12 +115,8 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
         spec.metrics = metrics
         result = TrainResult(out=None, metrics=metrics, config=cfg, history=trained.history, seconds=seconds,
                              images=trained.images, notes=notes)
-        if isinstance(trained.model, LightProbe):  # arrays: written as a bundle, then run from its ONNX graph
-            if out is None:
-                trained.model = trained.model.torch()
-            else:
-                trained.model.save(spec, out)
-        if isinstance(trained.model, LightProbe):
+        if isinstance(trained.model, LightProbe):  # arrays (only with an out folder): the bundle, run from its ONNX
+            trained.model.save(spec, out)
             clf = Classifier.load(out, device=cfg.device)
             result.out = _write_run(Path(out), None, ds, cfg, result, trained)
         else:

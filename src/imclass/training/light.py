@@ -71,20 +71,6 @@ class LightProbe:
                                  "parity": {}, "passed": True}}
         return save_arrays_bundle(self.tensors(), spec, out)
 
-    def torch(self):
-        """The torch network (imports torch): what :func:`imclass.models.bundle.load_bundle` would build."""
-        import torch
-
-        from ..models.families import build_architecture
-        from ..models.open_set import OpenSetNet
-
-        model = build_architecture(self.architecture, len(self.bias))
-        if self.open_set is not None:
-            model = OpenSetNet(model, self.open_set)
-        state = {k: torch.from_numpy(np.array(v)) for k, v in self.tensors().items()}
-        model.load_state_dict(state, strict=True)
-        return model.eval()
-
 
 def tap_features(probe: LightProbe, paths: list[str], shas: list[str | None], *, backbone: str,
                  device: str = "auto", workers: int | None = None,
@@ -93,9 +79,14 @@ def tap_features(probe: LightProbe, paths: list[str], shas: list[str | None], *,
     only when missing), the logits from the NumPy head."""
     from ..features import Embedder
 
-    taps, dims = probe.frozen.taps, probe.frozen.dims
+    taps = probe.frozen.taps
     emb = Embedder(backbone, device=device, taps=tuple(taps)).embed(paths, shas, workers=workers, progress=progress)
-    cols = np.cumsum([0, *dims])
-    vectors = np.nan_to_num(emb.vectors) if emb.vectors.size else np.zeros((len(paths), cols[-1]), np.float32)
-    feats = {t: vectors[:, cols[i]:cols[i + 1]].astype(np.float64) for i, t in enumerate(taps)}
+    feats = split_taps(emb.vectors, taps, probe.frozen.dims)
     return feats, probe.logits(feats[PRE_LOGITS]), emb.ok
+
+
+def split_taps(vectors: np.ndarray, taps: list[str], dims: list[int]) -> dict[str, np.ndarray]:
+    """Concatenated tap embeddings ``(N, sum(dims))`` (NaN rows: unreadable) -> float64 features per tap."""
+    cols = np.cumsum([0, *dims])
+    vectors = np.nan_to_num(vectors) if vectors.size else np.zeros((len(vectors), cols[-1]), np.float32)
+    return {t: vectors[:, cols[i]:cols[i + 1]].astype(np.float64) for i, t in enumerate(taps)}

@@ -330,7 +330,7 @@ def tap_features(model, spec, paths: list[str], shas: list[str | None], *, backb
     ``backbone``: the frozen backbone's name when only the head was trained (the probe): its taps are then
     the same for every run and come from the embedding cache; otherwise the trained network is run.
     """
-    from .light import LightProbe
+    from .light import LightProbe, split_taps
 
     if isinstance(model, LightProbe):
         from .light import tap_features as light_taps
@@ -360,9 +360,7 @@ def tap_features(model, spec, paths: list[str], shas: list[str | None], *, backb
     if backbone is not None:
         _remember(embedder, taps, dims)
     ok = emb.ok
-    cols = np.cumsum([0, *dims])
-    vectors = np.nan_to_num(emb.vectors) if emb.vectors.size else np.zeros((len(paths), cols[-1]), np.float32)
-    feats = {t: vectors[:, cols[i]:cols[i + 1]].astype(np.float64) for i, t in enumerate(taps)}
+    feats = split_taps(emb.vectors, taps, dims)
     with torch.no_grad():
         head = net.get_classifier()
         pre = torch.from_numpy(feats[PRE_LOGITS].astype(np.float32)).to(where)
