@@ -14,7 +14,7 @@ and on every image of C:
 The two probes share their head and temperature (only the unknown score differs), so the baseline's rows are
 the auto model's probabilities with the baseline's threshold; the script checks that on a sample.
 
-    python bench/open_set.py [--sets flowers5,neu_steel_defects] [--coverage 0.95] [--record]
+    python bench/open_set.py [--sets flowers5,neu_steel_defects] [--coverage 0.95] [--backbone lite0+lite1] [--record]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def auroc(known: np.ndarray, unseen: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unseen))], np.r_[known, unseen]))
 
 
-def run_set(name: str, coverage: float, seed: int) -> list[dict]:
+def run_set(name: str, coverage: float, seed: int, backbone: str = "default") -> list[dict]:
     import imclass
 
     images = class_images(name)
@@ -79,10 +79,11 @@ def run_set(name: str, coverage: float, seed: int) -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="imclass-openset-") as tmp:
             tests = split_folder(images, held, Path(tmp) / "data", seed)
             t0 = time.perf_counter()
-            auto, res = imclass.train(Path(tmp) / "data", mode="probe", unknown_coverage=coverage, seed=seed)
+            auto, res = imclass.train(Path(tmp) / "data", mode="probe", unknown_coverage=coverage, seed=seed,
+                                      backbone=backbone)
             t_auto = time.perf_counter() - t0
             base, _ = imclass.train(Path(tmp) / "data", mode="probe", unknown_coverage=coverage, seed=seed,
-                                        unknown_score="probability")
+                                    unknown_score="probability", backbone=backbone)
             known_paths = [p for c in tests for p in tests[c]]
             truth = [c for c in tests for _ in tests[c]]
             unseen_paths = images[held]
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default="flowers5,neu_steel_defects")
     ap.add_argument("--coverage", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backbone", default="default", help="the probes' backbone (e.g. lite1, lite0+lite1)")
     ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = ap.parse_args(argv)
     if not DATASETS.is_dir():
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (DATASETS / name).is_dir():
             print(f"skipped {name}: not in {DATASETS}")
             continue
-        rows += run_set(name, args.coverage, args.seed)
+        rows += run_set(name, args.coverage, args.seed, args.backbone)
     text = table(rows)
     print(text)
     if args.record and rows:
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write(f"\n## {stamp}: Open-set rejection, leave one class out (bench/open_set.py)\n\n"
-                    f"`python bench/open_set.py --record` ({time.perf_counter() - t0:.0f} s, load {load:.1f}): "
+                    f"`python bench/open_set.py --sets {args.sets} --backbone {args.backbone} --record` "
+                    f"({time.perf_counter() - t0:.0f} s, load {load:.1f}): "
                     f"probes trained on the other classes (60/20/20 stratified, seed {args.seed}), target "
                     f"coverage {args.coverage:.0%}; figures from predict rows on the known test images and every "
                     f"image of the held-out class. Baseline: today's calibrated top probability.\n\n{text}\n")

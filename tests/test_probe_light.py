@@ -76,6 +76,50 @@ def test_a_light_multi_label_probe(tmp_path):
     assert result.metrics["task"] == "multi_label"
     torch_out, onnx_out = _outputs(tmp_path / "run", [tmp_path / "img" / f"{i}.jpg" for i in range(12)])
     np.testing.assert_allclose(onnx_out[:, :-1], torch_out[:, :-1], atol=1e-3)
+    import onnx
+
+    onnx.checker.check_model(str(tmp_path / "run" / "model.onnx"))  # written without onnx's helpers
+
+
+def test_onnx_messages_without_the_onnx_package():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from imclass.engine import onnx_proto
+
+    onnx_proto.pb.cache_clear()
+    try:
+        assert onnx_proto.pb().ModelProto is onnx.ModelProto
+        w = np.arange(6, dtype=np.float32).reshape(2, 3)
+        assert onnx_proto.tensor(w, "w") == numpy_helper.from_array(w, "w")
+        assert onnx_proto.tensor(np.array([1, 2], np.int64), "i") == numpy_helper.from_array(np.array([1, 2]), "i")
+        mine = onnx_proto.node("ReduceMin", ["x"], ["y"], "/n", axes=[1], keepdims=0)
+        assert mine == helper.make_node("ReduceMin", ["x"], ["y"], name="/n", axes=[1], keepdims=0)
+        assert onnx_proto.node("Cast", ["x"], ["y"], "/c", to=1) == helper.make_node("Cast", ["x"], ["y"], name="/c",
+                                                                                    to=1)
+        assert onnx_proto.float_output("logits", ["batch", 4]) == helper.make_tensor_value_info(
+            "logits", onnx.TensorProto.FLOAT, ["batch", 4])
+        with pytest.raises(TypeError):
+            onnx_proto.node("X", [], [], "/x", bad="text")
+    finally:
+        onnx_proto.pb.cache_clear()
+
+
+@pytest.mark.slow
+def test_a_fresh_process_writes_the_head_without_importing_onnx(tmp_path):
+    script = (
+        "import sys\n"
+        "from imclass.engine import onnx_proto as P\n"
+        "m = P.pb().ModelProto(ir_version=8)\n"
+        "m.graph.node.append(P.node('Identity', ['a'], ['b'], '/i'))\n"
+        f"open({str(tmp_path / 'm.onnx')!r}, 'wb').write(m.SerializeToString())\n"
+        "print('onnx' in sys.modules, 'ml_dtypes' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+    import onnx
+
+    assert onnx.load(str(tmp_path / "m.onnx")).graph.node[0].op_type == "Identity"
 
 
 @pytest.mark.slow

@@ -307,6 +307,12 @@ class Classifier:
         logits, known = self.outputs(batch)
         return decide(probabilities(logits, self.spec), names, self.spec, top_k, reject_unknown, known)
 
+    def _require_labels(self) -> None:
+        if not self.spec.labels:
+            raise ImclassError(f"{self.spec.source or 'this model'} has no classes to predict: it is a backbone "
+                               f"(features only). Train a probe on it (imclass train DATA --model "
+                               f"{self.spec.source or 'NAME'} --out RUN), then predict with --model RUN")
+
     def predict_iter(self, images: Iterable[Any] | str | os.PathLike, *, top_k: int = 5,
                      batch_size: int | None = None, workers: int | None = None,
                      reject_unknown: bool = True) -> Iterator[Prediction]:
@@ -322,8 +328,9 @@ class Classifier:
 
         ``batch_size``: images per model call (default: 16 shared by the backend's streams, so 8 with two).
         """
+        self._require_labels()
         items = _expand(images)
-        yield from run_batches(
+        return run_batches(
             items,
             decode=self.decode,
             infer=lambda batch, names: self.decide_batch(batch, names, top_k, reject_unknown),
@@ -348,6 +355,7 @@ class Classifier:
         ``return_errors=True`` returns ``(probabilities, errors)`` with why each NaN row failed;
         ``progress(done, total)`` is called after every batch.
         """
+        self._require_labels()
         items = list(_expand(images))
         done = 0
 
@@ -367,6 +375,7 @@ class Classifier:
                        ) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
         """``(probabilities, known_scores, errors)``: as :meth:`predict_proba`, plus what ``unknown`` is
         decided on (the open-set score, else the top probability; None for multi-label models without one)."""
+        self._require_labels()
         items = list(_expand(images))
         done = 0
         width = self.spec.num_classes + 1

@@ -50,7 +50,8 @@ def train(
         show_default=False)] = None,
     budget: Annotated[Optional[str], typer.Option(
         "--budget", help="Let imclass choose within this time (90s, 10m, 1h; auto = 5m): the probe first, then "
-                         "what can still win (mirrored and enlarged views, Lite1|2 features, fine-tuning); keeps the "
+                         "what can still win (mirrored and enlarged views, Lite1, Lite0+Lite1, Lite2 features, "
+                         "fine-tuning); keeps the "
                          "best on validation and says what it tried.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="finetune 15, scratch 30")] = None,
     augment: Annotated[str, typer.Option("--augment", help=f"{' | '.join(AUGMENTS)}")] = "default",
@@ -113,8 +114,8 @@ def train(
 
     By default imclass chooses within 5 minutes (--budget auto; --budget 10m for another time): the probe first
     (its result in seconds), then the candidates that can still win in the time left (mirrored and enlarged views,
-    Lite1|2 features, fine-tuning); the best on validation is kept, and the run says what it tried and why it
-    stopped. The run folder is a model bundle: `imclass predict --model RUN` uses it.
+    Lite1 features, Lite0 and Lite1 side by side, Lite2, fine-tuning); the best on validation is kept, and the run
+    says what it tried and why it stopped. The run folder is a model bundle: `imclass predict --model RUN` uses it.
 
     With --mode you choose: probe fits a logistic-regression head on cached embeddings of --model (the starting
     backbone): seconds once the embeddings are cached. finetune trains the whole network (augmentation,

@@ -6,6 +6,7 @@ the concatenated pooled taps, this writes the same computation as the torch netw
 ``pre_logits @ W.T + b``, then (open set) per used tap the whitened distance to the nearest class centre, the
 log of the calibrated top probability, their z-scored sum and its conformal p-value, as a last column. The
 score's operators are named ``/known/...`` like the torch export's, so INT8 quantisation keeps them in float.
+Written with ONNX's protobuf messages alone (:mod:`imclass.engine.onnx_proto`: no ``onnx`` import).
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ def append_head(graph_path: str | os.PathLike, out: str | os.PathLike, *, column
 
     ``columns``: each tap's ``(start, end)`` in the taps output (``pre_logits`` included).
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from . import onnx_proto as P
 
-    model = onnx.load(str(graph_path))
+    model = P.load(graph_path)
     g = model.graph
     if len(g.output) != 1 or g.input[0].name != INPUT_NAME:
         raise ValueError(f"{graph_path}: expected one input {INPUT_NAME!r} and one output")
@@ -46,11 +46,11 @@ def append_head(graph_path: str | os.PathLike, out: str | os.PathLike, *, column
     inits: list = []
 
     def const(name: str, value: np.ndarray, dtype=np.float32) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype=dtype)), name))
+        inits.append(P.tensor(np.asarray(value, dtype=dtype), name))
         return name
 
     def op(kind: str, inputs: list[str], name: str, **attrs) -> str:
-        nodes.append(helper.make_node(kind, inputs, [name], name=name, **attrs))
+        nodes.append(P.node(kind, inputs, [name], name, **attrs))
         return name
 
     axis1 = const("/head/axis1", np.array([1]), np.int64)
@@ -68,18 +68,17 @@ def append_head(graph_path: str | os.PathLike, out: str | os.PathLike, *, column
         known = _known_score(open_set, buffers, logits, tap, op, const)
         col = op("Unsqueeze", [known, axis1], "/known/column")
         final = op("Concat", [logits, col], "/head/with_known", axis=1)
-    nodes.append(helper.make_node("Identity", [final], [OUTPUT_NAME], name="/head/output"))
+    nodes.append(P.node("Identity", [final], [OUTPUT_NAME], "/head/output"))
     g.node.extend(nodes)
     g.initializer.extend(inits)
     width = int(np.asarray(weight).shape[0]) + (1 if open_set is not None else 0)
-    g.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", width]))
+    g.output.append(P.float_output(OUTPUT_NAME, ["batch", width]))
     if preprocess is not None:
         set_metadata(model, {"imclass.preprocess": json.dumps(preprocess.to_dict()),
                              "imclass.input": "normalized_nchw_float32"})
     out = Path(out)
-    with atomic_path(out, suffix=".onnx") as tmp:
-        onnx.save(model, str(tmp))
-        onnx.checker.check_model(str(tmp))
+    with atomic_path(out, suffix=".onnx") as tmp:  # ONNX Runtime checks it when the bundle is loaded
+        tmp.write_bytes(model.SerializeToString())
     return out
 
 

@@ -8,6 +8,7 @@ on CPU (the feature graph is exported once and cached, checked against torch) or
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,9 +23,12 @@ import numpy as np
 from ..engine.backends import resolve_device
 from ..engine.pipeline import map_arrays
 from ..errors import ImclassError
+from ..models.concat import parts_of
+from ..preprocess import Preprocess
 from .cache import EmbeddingCache
 
 log = logging.getLogger("imclass")
+PRE_LOGITS = "pre_logits"  # imclass.models.open_set.PRE_LOGITS (that module imports torch)
 KEY_VERSION = "features-v1"  # bump when what an embedding *is* changes (pooling, preprocessing code)
 #: Augmented views of an image (each cached under its own key): the model input mirrored (``flip``), its
 #: central 80% enlarged back to the input size (``zoom``), or both (``zoomflip``). The probe of a time budget
@@ -80,7 +84,7 @@ class Embedder:
 
     def __init__(self, backbone: Any = "default", *, device: str = "auto", backend: str = "auto",
                  threads: int | None = None, cache: EmbeddingCache | bool = True, taps: tuple[str, ...] = (),
-                 view: str = ""):
+                 view: str = "", preprocess: Preprocess | None = None):
         if view not in VIEWS:
             raise ImclassError(f"unknown view {view!r}; use one of {', '.join(repr(v) for v in VIEWS)}")
         self.view = view
@@ -89,16 +93,26 @@ class Embedder:
         self.device, self.backend_name, self.threads = device, backend, threads
         self.cache = EmbeddingCache() if cache is True else (cache or None)
         self.taps = tuple(taps)
+        self._preprocess = preprocess  # instead of the model's own (a part of a concatenation)
         self._key: str | None = None
         self._run: Callable[[np.ndarray], np.ndarray] | None = None
         self._spec = None
+        # a concatenation (lite0+lite1): each part embedded by its own embedder (and cache), side by side
+        self._parts: list[Embedder] | None = None
+        if self._name_or_path is not None and parts_of(self._name_or_path) is not None:
+            if self.taps not in ((), (PRE_LOGITS,)) or preprocess is not None:
+                raise ImclassError(f"{self._name_or_path}: a concatenation of backbones offers its concatenated "
+                                   f"features only (the {PRE_LOGITS} tap)")
+            self._parts = _part_embedders(self._name_or_path, device=device, backend=backend, threads=threads,
+                                          cache=self.cache or False, view=view)
 
     # ---- identity -------------------------------------------------------------------------------
     @property
     def spec(self):
         """The backbone's :class:`~imclass.models.spec.ModelSpec` (read without building the model when possible)."""
         if self._spec is None:
-            self._spec = self._light_spec() or self.classifier.spec
+            spec = self._light_spec() or self.classifier.spec
+            self._spec = spec if self._preprocess is None else dataclasses.replace(spec, preprocess=self._preprocess)
         return self._spec
 
     @property
@@ -106,14 +120,24 @@ class Embedder:
         if self._clf is None:
             from ..classifier import Classifier
 
-            self._clf = Classifier.load(self._name_or_path, device=self.device, backend="torch")
+            clf = Classifier.load(self._name_or_path, device=self.device, backend="torch")
+            if self._preprocess is not None:
+                clf = Classifier(clf.model, dataclasses.replace(clf.spec, preprocess=self._preprocess),
+                                 device=self.device, backend="torch")
+            self._clf = clf
         return self._clf
 
     @property
     def key(self) -> str:
         """Cache key: hash of the backbone's weights, architecture, preprocessing and :data:`KEY_VERSION`."""
         if self._key is None:
+            if self._parts is not None:  # the parts' keys carry the view; the only tap is the features themselves
+                self._key = hashlib.sha256(("concat|" + ",".join(p.key for p in self._parts)).encode()).hexdigest()[:32]
+                return self._key
             key = self._light_key() or self._model_key()
+            if self._preprocess is not None:
+                pre = json.dumps(self._preprocess.to_dict(), sort_keys=True, default=str)
+                key = hashlib.sha256(f"{key}|preprocess={pre}".encode()).hexdigest()[:32]
             if self.taps:
                 key = hashlib.sha256(f"{key}|taps={','.join(self.taps)}".encode()).hexdigest()[:32]
             if self.view:
@@ -171,6 +195,8 @@ class Embedder:
         torch model to fingerprint it), else None."""
         from ..engine.onnx_cache import cache_path
 
+        if self._parts is not None:
+            return None
         path = cache_path(self._feature_model(), self.classifier.spec, features=True, tag=self._onnx_tag())
         return path if path.is_file() else None
 
@@ -204,16 +230,29 @@ class Embedder:
             raise ImclassError(f"unknown view {view!r}; use one of {', '.join(repr(v) for v in VIEWS)}")
         other = copy.copy(self)
         other.view, other._key = view, None
+        if self._parts is not None:
+            other._parts = [p.with_view(view) for p in self._parts]
         return other
 
     def plain(self) -> Embedder:
         """This embedder for the plain pre-classifier features (no taps, no view)."""
         other = copy.copy(self)
         other.taps, other.view, other._key, other._run = (), "", None, None
+        if self._parts is not None:
+            other._parts = [p.plain() for p in self._parts]
         return other
+
+    @property
+    def parts(self) -> list[Embedder] | None:
+        """The embedders of a concatenation's parts (their vectors side by side are this one's), else None."""
+        return self._parts
 
     def prepare(self) -> Embedder:
         """Build the runtime now (an ONNX export on first use) rather than at the first :meth:`embed`."""
+        if self._parts is not None:
+            for p in self._parts:
+                p.prepare()
+            return self
         self._runner()
         return self
 
@@ -227,6 +266,8 @@ class Embedder:
         """Embeddings of ``items`` (paths, PIL images, bytes). With ``shas`` (content hashes), cached vectors
         are reused and new ones stored; items with the same hash are computed once. ``progress(n)`` is called
         with the number of items finished (cached ones at once)."""
+        if self._parts is not None:
+            return self._embed_parts(items, shas, batch_size=batch_size, workers=workers, progress=progress)
         n = len(items)
         # one key per distinct content (items without a hash are their own key)
         keys: list[Any] = [shas[i] if shas is not None and shas[i] else i for i in range(n)]
@@ -271,6 +312,32 @@ class Embedder:
                 errors[i] = error_of.get(k, "not embedded")
         return Embeddings(vectors, errors, self.key, computed=len(todo) - len(error_of))
 
+    def _embed_parts(self, items, shas, *, batch_size, workers, progress) -> Embeddings:
+        """A concatenation: each part's embeddings (its own cache key), side by side; a row that failed in any
+        part is an error. ``progress`` counts images, each part's share weighted equally."""
+        assert self._parts is not None
+        k = len(self._parts)
+        counts = [0] * k
+        shown = 0
+
+        def tick(i: int, m: int) -> None:
+            nonlocal shown
+            counts[i] += m
+            now = sum(counts) // k
+            if progress is not None and now > shown:
+                progress(now - shown)
+                shown = now
+
+        got = [p.embed(items, shas, batch_size=batch_size, workers=workers,
+                       progress=lambda m, i=i: tick(i, m)) for i, p in enumerate(self._parts)]
+        if progress is not None and len(items) > shown:
+            progress(len(items) - shown)
+        errors: list[str | None] = [next((g.errors[i] for g in got if g.errors[i] is not None), None)
+                                    for i in range(len(items))]
+        vectors = np.concatenate([g.vectors for g in got], axis=1) if items else np.zeros((0, 0), np.float32)
+        vectors[[e is not None for e in errors]] = np.nan
+        return Embeddings(vectors, errors, self.key, computed=max(g.computed for g in got))
+
 
 def embed_dataset(dataset, backbone: Any = "default", **kwargs) -> Embeddings:
     """Embeddings of every row of a :class:`~imclass.data.Dataset` (cached by content hash)."""
@@ -284,6 +351,26 @@ def embed_dataset(dataset, backbone: Any = "default", **kwargs) -> Embeddings:
         if isinstance(err, str) and out.errors[i] is None:
             out.errors[i] = err
             out.vectors[i] = np.nan
+    return out
+
+
+def _part_embedders(name: str, **kwargs) -> list[Embedder]:
+    """One embedder per part of a concatenation, each computing on the shared input (the largest part's
+    geometry) normalised as that part expects (:mod:`imclass.models.concat`)."""
+    from ..models import default
+    from ..models.concat import part_preprocess, parts_of, shared_preprocess
+
+    names = parts_of(name) or []
+    plain = [Embedder(n, **kwargs) for n in names]
+    own = []
+    for n, e in zip(names, plain):
+        m = default.embedded(n)
+        own.append(m.preprocess if m is not None else e.spec.preprocess)  # the embedded ones: no model built
+    shared = shared_preprocess(own)
+    out = []
+    for n, e, pre in zip(names, plain, own):
+        mine = part_preprocess(shared, pre)
+        out.append(e if mine == pre else Embedder(n, preprocess=mine, **kwargs))
     return out
 
 

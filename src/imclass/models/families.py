@@ -59,6 +59,17 @@ def _hf_zero_shot(arch: dict[str, Any], num_classes: int):
     return build_from_architecture(arch, num_classes)
 
 
+@register_family("concat")
+def _concat(arch: dict[str, Any], num_classes: int):
+    from .concat_net import build_from
+
+    parts = arch.get("parts")
+    if not isinstance(parts, list) or len(parts) < 2 or not all(isinstance(p, dict) for p in parts):
+        raise ModelNotFoundError("a 'concat' architecture needs a list of at least two parts")
+    nets = [build_architecture({k: v for k, v in p.items() if k not in ("mean", "std")}, 0) for p in parts]
+    return build_from(nets, num_classes, arch)
+
+
 @register_family("imclass")
 def _imclass(arch: dict[str, Any], num_classes: int):
     from .small_cnn import build

