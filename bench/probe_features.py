@@ -11,7 +11,8 @@ validation accuracy (mAP for multi-label) of the probe's logistic head (C chosen
 - ``B +flip`` / ``+flip+zoom``: the training rows also as their mirrored (and enlarged-centre) views; validation
   on the plain embeddings, exactly what the bundle sees when it predicts;
 - ``B TTA``: validation embeddings averaged over the views too (needs a network that averages at prediction);
-- ``B1|B2``: the two backbones' embeddings side by side (needs a two-backbone network).
+- ``B1|B2``: the two backbones' embeddings side by side, each on its own input (``B1+B2`` as a backbone name is
+  the network imclass builds: both parts on the larger input).
 
 Prints a Markdown table (``--record`` appends it to ``bench/RESULTS.md``).
 """
@@ -55,10 +56,12 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--limit", type=int, default=0, help="at most this many images per set (stratified by order)")
     ap.add_argument("--backbones", default="default,lite2")
+    ap.add_argument("--cache", type=Path, default=OUT / "cache" / "embeddings.sqlite3",
+                    help="embedding cache file (default: a fresh one under bench/out/probe_features)")
     ap.add_argument("--record", action="store_true")
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    cache = EmbeddingCache(OUT / "cache" / "embeddings.sqlite3")
+    cache = EmbeddingCache(a.cache)
     backbones = a.backbones.split(",")
     rows = []
     for name, (rel, multi) in SETS.items():

@@ -373,6 +373,8 @@ def _remember(taps_embedder, taps: list[str], dims: list[int]) -> None:
     the next probe on it trains without torch. A failure is logged, never raised: the model is trained."""
     from ..features.frozen import recall, remember
 
+    if taps_embedder.parts is not None:  # backbones side by side: not recorded (no one tap graph to keep)
+        return
     try:
         key = taps_embedder.plain().key
         if recall(key) is not None or taps_embedder.classifier.spec.architecture.get("family") != "timm":
