@@ -559,7 +559,7 @@ def test_threshold_slider_moves_the_figures_and_saving_persists(flowers, studio,
 # ---- bad input: pages answer 404/422 with a message, never 500 -------------------------------------------
 
 @pytest.mark.realdata
-def test_bad_requests_to_the_pages(flowers, studio, probe, page):
+def test_bad_requests_to_the_pages(flowers, studio, probe, page, screens):
     pid = flowers["pid"]
     for path, status in [("/runs/999999", 404), ("/runs/abc", 422), ("/runs/compare", 404),
                          ("/runs/compare?a=x&b=y", 404), (f"/runs/compare?a={probe}&b={probe}", 200),
@@ -583,8 +583,15 @@ def test_bad_requests_to_the_pages(flowers, studio, probe, page):
     page.click("#train-start")
     page.locator("#train-error").wait_for(state="visible")
     assert "Not started" in page.inner_text("#train-error") and "epochs" in page.inner_text("#train-error")
-    # a model the studio cannot load: the run fails and its page says why
+    # the larger built-in backbones are offered by name (the ones a budget tries after the default)
     page.goto(f"{studio.url}/projects/{pid}/train")
+    offered = page.eval_on_selector_all("#train-model option", "els => els.map(e => e.value)")
+    assert offered[0] == "" and offered[-1] == "other"
+    assert {"lite1", "default+lite1", "lite2"} <= set(offered)
+    page.eval_on_selector("#train-model", "e => { e.size = e.options.length; }")  # the list, open, to look at
+    screens(page, "runs-01c-train-models")
+    page.eval_on_selector("#train-model", "e => { e.size = 0; }")
+    # a model the studio cannot load: the run fails and its page says why
     page.select_option("#train-model", "other")
     page.fill("#train-model-other", "no-such-model")
     page.click("#train-start")

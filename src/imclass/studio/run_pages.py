@@ -160,9 +160,10 @@ def train_page(request: Request, pid: int, start: int | None = None):
     splits = {s: sum(1 for r in rows if r["split"] == s) for s in ("train", "val", "test")}
     counts = [c for c in project["classes"] if c["images"] > 0]
     all_runs = _runs_of(request, pid)
-    models = [{"value": r["bundle"], "title": f"The model of run #{r['id']} ({r['mode_name'].lower()}"
-               + (f", {r['score_text']} {r['score_name']})" if r["score_text"] else ")")}
-              for r in all_runs if r["status"] == "done" and r["bundle"]]
+    models = _built_in_models() + [
+        {"value": r["bundle"], "title": f"The model of run #{r['id']} ({r['mode_name'].lower()}"
+         + (f", {r['score_text']} {r['score_name']})" if r["score_text"] else ")")}
+        for r in all_runs if r["status"] == "done" and r["bundle"]]
     initial: dict[str, Any] = {"mode": "budget"}
     problem = None
     if start is not None:
@@ -271,6 +272,20 @@ def run_page(request: Request, rid: int):
     others = [r for r in _runs_of(request, project["id"]) if r["status"] == "done" and r["id"] != rid]
     return render(request, "run.html", "train", project, run=view, config=config, ahead=ahead, others=others,
                   **(_report(request, run, project) if run["status"] == "done" else {}))
+
+
+#: How the train page names the larger built-in backbones (the ones a time budget tries after the default).
+BUILT_IN_TITLES = {"lite1": "Built-in, larger (EfficientNet-Lite1)",
+                   "default+lite1": "Built-in, Lite0 and Lite1 side by side",
+                   "lite2": "Built-in, largest (EfficientNet-Lite2)"}
+
+
+def _built_in_models() -> list[dict[str, str]]:
+    """The larger built-in starting models that are installed, as the time budget tries them."""
+    from ..training.budget import ladder
+
+    names = dict.fromkeys(c.backbone for c in ladder(restrict="probe") if c.backbone != "default")
+    return [{"value": n, "title": BUILT_IN_TITLES.get(n, n)} for n in names]
 
 
 def _ladder(run: dict[str, Any]) -> list[str]:
