@@ -38,6 +38,34 @@ def test_config_records_the_recipes_only_when_set():
     assert TrainConfig(**on.to_dict()) == on
 
 
+def test_default_augmentation_and_learning_rate_for_small_data():
+    from imclass.errors import ParameterError
+    from imclass.training.config import TrainConfig
+    from imclass.training.finetune import DEFAULT_LR
+
+    assert TrainConfig(mode="finetune").augment_preset == "light" and DEFAULT_LR["finetune"] == 3e-3
+    assert TrainConfig(mode="scratch").augment_preset == "default"  # a network from random weights: as before
+    assert TrainConfig(mode="finetune", augment="heavy").augment_preset == "heavy"
+    assert TrainConfig(**{**TrainConfig(mode="finetune").to_dict(), "augment": "default"}).augment_preset == "default"
+    with pytest.raises(ParameterError, match="augment"):
+        TrainConfig(mode="finetune", augment="strong")
+
+
+def test_a_run_interrupted_under_the_earlier_defaults_resumes_with_them():
+    from imclass.training.config import TrainConfig
+    from imclass.training.finetune import run_identity
+
+    # what the earlier release recorded for `imclass train --mode finetune` with its defaults (lr None = 1e-3)
+    old_cfg = {k: v for k, v in TrainConfig(mode="finetune", augment="default").to_dict().items()}
+    old = {"config": {k: v for k, v in old_cfg.items() if k not in ("device", "workers", "loader_workers", "epochs",
+                                                                    "devices", "precision")}, "dataset": "fp"}
+    now, earlier = run_identity(TrainConfig(mode="finetune"), 3e-3, "fp")
+    assert old != now and old not in earlier  # today's defaults: a different run, not resumed from it
+    same, earlier = run_identity(TrainConfig(mode="finetune", augment="default", lr=1e-3), 1e-3, "fp")
+    assert old in [same, *earlier]  # the earlier defaults spelled out: it resumes
+    assert run_identity(TrainConfig(mode="finetune"), 3e-3, "fp", world=2)[0]["processes"] == 2
+
+
 def test_layer_decay_groups():
     import timm
 

@@ -54,10 +54,12 @@ def train(
                          "fine-tuning); keeps the "
                          "best on validation and says what it tried.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="finetune 15, scratch 30")] = None,
-    augment: Annotated[str, typer.Option("--augment", help=f"{' | '.join(AUGMENTS)}")] = "default",
+    augment: Annotated[Optional[str], typer.Option(
+        "--augment", help=f"{' | '.join(AUGMENTS)} (default: light for finetune, default for scratch)",
+        show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=16, help="Input size (px).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 32,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate (backbone: 1/10).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate (backbone: 1/10); 3e-3.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     multi_label: Annotated[Optional[bool], typer.Option("--multi-label/--single-label",
                                                          help="Override what the data says.")] = None,

@@ -91,7 +91,8 @@ def _settings_text(run: dict[str, Any]) -> list[str]:
         out.insert(0, f"budget {p.get('budget_minutes', runs.DEFAULT_BUDGET_MINUTES):g} min")
     if run["mode"] != "probe" and (run["mode"] != "budget" or p.get("epochs")):
         out.append(f"{p['epochs']} epochs" if p.get("epochs") else "default epochs")
-        out.append(f"augmentation {p.get('augment', d.augment)}")
+        mode = "scratch" if run["mode"] == "scratch" else "finetune"  # a budget's fine-tune
+        out.append(f"augmentation {p.get('augment') or TrainConfig(mode=mode).augment_preset}")
     if p.get("image_size"):
         out.append(f"images {p['image_size']} px")
     if p.get("val_fraction") not in (None, d.val_fraction):

@@ -95,7 +95,8 @@ class TrackBest(Callback):
 class Checkpoints(Callback):
     """``best`` (weights, when the epoch improved) and ``last`` (weights, optimiser, ``{epoch, history, best,
     identity}``) in ``folder`` after every epoch. ``resume``: continue from ``last`` when it exists and its
-    ``identity`` matches; without ``resume`` an existing run is an error. At the end the best weights are loaded.
+    ``identity`` matches (or one of ``accepted``: the same run as an earlier release recorded it); without
+    ``resume`` an existing run is an error. At the end the best weights are loaded.
     ``write=False`` (the other processes of a data-parallel run): nothing is read or written. ``modules``: more
     state saved in ``last`` and restored on resume, by name (``{"ema": ...}``); ``evaluated``: the module whose
     weights are validated, kept as ``best`` and loaded into the model at the end (default: the model itself)."""
@@ -103,8 +104,10 @@ class Checkpoints(Callback):
     order = 30
 
     def __init__(self, folder: Path, identity: dict[str, Any], resume: bool, write: bool = True,
-                 modules: dict[str, Any] | None = None, evaluated: Any = None):
+                 modules: dict[str, Any] | None = None, evaluated: Any = None,
+                 accepted: list[dict[str, Any]] | None = None):
         self.folder, self.identity, self.resume, self.write = folder, identity, resume, write
+        self.accepted = [identity, *(accepted or [])]  # identities of the same run (e.g. as earlier releases wrote)
         self.modules, self.evaluated = modules or {}, evaluated
 
     def before_fit(self, run: Run) -> None:
@@ -112,7 +115,7 @@ class Checkpoints(Callback):
             return
         state = checkpoint.load_state(self.folder) if self.resume else None
         if state is not None:
-            if state.get("identity") != self.identity:
+            if state.get("identity") not in self.accepted:
                 raise ImclassError(f"{self.folder}: the checkpoint is from a different configuration or dataset; "
                                    "use another --out, or the same options as the interrupted run")
             checkpoint.restore(self.folder, checkpoint.LAST, run.model, run.optimizer, self.modules)
