@@ -46,10 +46,23 @@ class GaussianStats:
         keys = np.unique(groups)
         means = np.stack([x[groups == g].mean(axis=0) for g in keys])
         centred = x - means[np.searchsorted(keys, groups)]
+        cov = ledoit_wolf(centred)
+        d = cov.shape[0]
         # One BLAS thread: on two cores that a torch process' OpenMP threads also wait on, a threaded eigh of
-        # a 1280-wide matrix took 1-6 s instead of 0.3 s.
+        # a 1280-wide matrix took 1-6 s instead of 0.3 s. Only the ``max_rank`` largest pairs are computed when
+        # that is fewer than all (LAPACK's MRRR, evr: 1280 wide 0.29 -> 0.23 s, 2560 wide 2.1 -> 1.0 s); should it
+        # not converge (many equal eigenvalues: fewer images than dimensions), all of them.
         with threadpool_limits(1):
-            w, v = np.linalg.eigh(ledoit_wolf(centred))
+            w = v = None
+            if max_rank < d:
+                from scipy.linalg import LinAlgError, eigh
+
+                try:
+                    w, v = eigh(cov, subset_by_index=[d - max_rank, d - 1], driver="evr")
+                except LinAlgError:
+                    w = v = None
+            if w is None or v is None:
+                w, v = np.linalg.eigh(cov)
         order = np.argsort(-w)[:max_rank]
         w = np.maximum(w[order], 1e-12)
         return cls(means=means, proj=v[:, order] / np.sqrt(w))
