@@ -28,7 +28,7 @@ _DTYPES = {np.dtype(np.float32): FLOAT, np.dtype(np.int64): INT64}
 def pb():
     """The module of ONNX's message classes (``ModelProto``, ``NodeProto``, ...)."""
     if "onnx" in sys.modules:  # already paid for
-        return sys.modules["onnx"].onnx_ml_pb2 if hasattr(sys.modules["onnx"], "onnx_ml_pb2") else _import_onnx()
+        return _import_onnx()
     spec = importlib.util.find_spec("onnx")
     path = os.path.join(os.path.dirname(spec.origin), "onnx_ml_pb2.py") if spec and spec.origin else None
     if path is None or not os.path.isfile(path):

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ..features.embed import PRE_LOGITS
 from ..features.frozen import Frozen
 from ..models.spec import ModelSpec
 
 ONNX_FILE = "model.onnx"
-PRE_LOGITS = "pre_logits"  # imclass.models.open_set.PRE_LOGITS (that module imports torch)
 
 
 @dataclass

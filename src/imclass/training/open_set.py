@@ -47,22 +47,11 @@ class GaussianStats:
         means = np.stack([x[groups == g].mean(axis=0) for g in keys])
         centred = x - means[np.searchsorted(keys, groups)]
         cov = ledoit_wolf(centred)
-        d = cov.shape[0]
         # One BLAS thread: on two cores that a torch process' OpenMP threads also wait on, a threaded eigh of
-        # a 1280-wide matrix took 1-6 s instead of 0.3 s. Only the ``max_rank`` largest pairs are computed when
-        # that is fewer than all (LAPACK's MRRR, evr: 1280 wide 0.29 -> 0.23 s, 2560 wide 2.1 -> 1.0 s); should it
-        # not converge (many equal eigenvalues: fewer images than dimensions), all of them.
+        # a 1280-wide matrix took 1-6 s instead of 0.3 s. Only the kept pairs (LAPACK's MRRR: 1280 wide 0.29 ->
+        # 0.23 s, 2560 wide 2.1 -> 1.0 s).
         with threadpool_limits(1):
-            w = v = None
-            if max_rank < d:
-                from scipy.linalg import LinAlgError, eigh
-
-                try:
-                    w, v = eigh(cov, subset_by_index=[d - max_rank, d - 1], driver="evr")
-                except LinAlgError:
-                    w = v = None
-            if w is None or v is None:
-                w, v = np.linalg.eigh(cov)
+            w, v = _largest_eigenpairs(cov, max_rank)
         order = np.argsort(-w)[:max_rank]
         w = np.maximum(w[order], 1e-12)
         return cls(means=means, proj=v[:, order] / np.sqrt(w))
@@ -106,6 +95,20 @@ class OpenSetFit:
             for name, value in self.buffers.items():
                 getattr(net.known, name).copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
         return net.eval()
+
+
+def _largest_eigenpairs(cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """At least the ``k`` largest eigenpairs of symmetric ``cov`` (all of them when ``k`` covers it, or when the
+    subset solver does not converge: many equal eigenvalues, as with fewer images than dimensions)."""
+    d = cov.shape[0]
+    if k < d:
+        from scipy.linalg import eigh
+
+        try:
+            return eigh(cov, subset_by_index=[d - k, d - 1], driver="evr")
+        except np.linalg.LinAlgError:
+            pass
+    return np.linalg.eigh(cov)
 
 
 def ledoit_wolf(x: np.ndarray) -> np.ndarray:
