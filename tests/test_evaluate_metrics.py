@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -241,3 +244,59 @@ def test_nothing_readable_gives_empty_metrics_not_errors():
     mm = compute_metrics(np.zeros((3, 3), int), nan, ["a", "b", "c"], "multi_label")
     assert mm["n_evaluated"] == 0 and mm["mAP"] is None and mm["micro_f1"] is None
     json.dumps([m, mm])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_scores_are_scikit_learns(seed):
+    """imclass.evaluation.scores replaces sklearn.metrics in the reports: same values, ties and absent classes
+    included (scores on a coarse grid tie often; some classes never occur, or are never predicted)."""
+    from imclass.evaluation import scores
+
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(5, 60)), int(rng.integers(2, 7))
+    y = rng.integers(0, max(2, k - seed % 3), n)  # the last classes may be absent
+    p = np.round(rng.random((n, k)), 1) + 1e-3  # ties within rows and across images
+    p /= p.sum(1, keepdims=True)
+    pred = rng.integers(0, k, n) if seed % 2 else p.argmax(1)
+    labels = np.arange(k)
+    cm = scores.confusion_matrix(y, pred, k)
+    assert cm.tolist() == skm.confusion_matrix(y, pred, labels=labels).tolist()
+    got, want = scores.per_class(cm), skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    for a, b in zip(got, want):
+        assert np.allclose(a, b, atol=1e-12)
+    for avg in ("macro", "weighted"):
+        want = skm.precision_recall_fscore_support(y, pred, labels=labels, average=avg, zero_division=0)[:3]
+        assert scores.averaged(*got, avg) == pytest.approx(want, abs=1e-12)
+    with warnings.catch_warnings():  # sklearn warns when a predicted class never occurs; the value is defined
+        warnings.simplefilter("ignore", UserWarning)
+        assert scores.balanced_accuracy(cm) == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
+    for top in range(1, k if k > 2 else 1):  # k=1 only: scikit-learn refuses two score columns for a binary y
+        assert scores.top_k_accuracy(y, p, top) == pytest.approx(
+            skm.top_k_accuracy_score(y, p, k=top, labels=labels), abs=1e-12)
+    assert scores.log_loss(y, p) == pytest.approx(skm.log_loss(y, p, labels=labels), abs=1e-12)
+    truth = (rng.random(n) < 0.4).astype(int)
+    truth[:2] = [0, 1]
+    score = np.round(rng.random(n), 1)
+    assert scores.average_precision(truth, score) == pytest.approx(skm.average_precision_score(truth, score),
+                                                                   abs=1e-12)
+    assert scores.roc_auc(truth, score) == pytest.approx(skm.roc_auc_score(truth, score), abs=1e-12)
+    multi_y, multi_pred = rng.random((n, k)) < 0.4, rng.random((n, k)) < 0.4
+    tp, predicted, actual = scores.binary_counts(multi_y, multi_pred)
+    want = skm.precision_recall_fscore_support(multi_y, multi_pred, average=None, zero_division=0)
+    for a, b in zip((*scores.prf(tp, predicted, actual), actual), want):
+        assert np.allclose(a, b, atol=1e-12)
+    micro = skm.precision_recall_fscore_support(multi_y, multi_pred, average="micro", zero_division=0)[:3]
+    assert tuple(scores.prf(tp.sum(), predicted.sum(), actual.sum())) == pytest.approx(micro, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_metrics_do_not_import_scikit_learn():
+    script = ("import sys, numpy as np\n"
+              "from imclass.evaluation.metrics import compute_metrics\n"
+              "compute_metrics(np.array([0, 1, 1]), np.array([[.9, .1], [.3, .7], [.6, .4]]), ['a', 'b'],"
+              " 'single_label')\n"
+              "compute_metrics(np.array([[0, 1], [1, 1]]), np.array([[.2, .9], [.6, .4]]), ['a', 'b'], 'multi_label')\n"
+              "print('sklearn' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -42,8 +42,12 @@ def torch_logits(model, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
-def ort_logits(path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def ort_logits(path, x: np.ndarray, fused: bool = True) -> np.ndarray:
+    """``fused=False``: the graph as written (Q/DQ pairs around float operators, no int8 kernels)."""
+    options = ort.SessionOptions()
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return sess.run(None, {"pixels": x})[0]
 
 
@@ -204,7 +208,9 @@ def test_bias_correction_cancels_the_mean_error_of_weight_rounding(tmp_path):
     err = {}
     for corrected in (False, True):
         path = quantize_int8(fp32, tmp_path / f"q{corrected}.onnx", [x], bias_correction=corrected)
-        err[corrected] = float(np.abs((ort_logits(path, x) - ref).mean(axis=0)).mean())
+        # the quantised model's arithmetic, not the CPU's int8 kernels: on x86 CPUs without VNNI (AVX2 only)
+        # ONNX Runtime's u8s8 kernels saturate 16-bit sums, an error of their own, 20x this rounding's here
+        err[corrected] = float(np.abs((ort_logits(path, x, fused=False) - ref).mean(axis=0)).mean())
     assert err[True] < 0.5 * err[False]
 
 

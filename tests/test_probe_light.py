@@ -123,7 +123,7 @@ def test_a_fresh_process_writes_the_head_without_importing_onnx(tmp_path):
 
 
 @pytest.mark.slow
-def test_retraining_and_predicting_a_probe_never_imports_torch(blobs, tmp_path):  # noqa: F811
+def test_retraining_and_predicting_a_probe_never_imports_torch_or_scikit_learn(blobs, tmp_path):  # noqa: F811
     import imclass
 
     imclass.train(blobs, out=tmp_path / "first", seed=0)  # records the backbone, fills the embedding cache
@@ -132,9 +132,38 @@ def test_retraining_and_predicting_a_probe_never_imports_torch(blobs, tmp_path):
         f"clf, result = imclass.train({str(blobs)!r}, out={str(tmp_path / 'again')!r}, seed=1)\n"
         f"rows = imclass.load({str(tmp_path / 'again')!r}).predict({str(blobs)!r})\n"
         "assert len(rows) == 60 and all(r.error is None for r in rows), rows[:3]\n"
-        "print('torch' in sys.modules, result.metrics['val']['accuracy'])\n")
+        "print('torch' in sys.modules or 'sklearn' in sys.modules, result.metrics['val']['accuracy'])\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     imported, accuracy = done.stdout.split()
     assert imported == "False"
     assert float(accuracy) >= 0.9
+
+
+@pytest.mark.parametrize("classes,balanced", [(2, False), (2, True), (4, False), (4, True)])
+def test_the_numpy_head_is_scikit_learns_logistic_regression(classes, balanced):
+    """Same objective, scaling, solver settings and warm start as LogisticRegression(solver="lbfgs")."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from imclass.features.head import logistic_regression
+
+    rng = np.random.default_rng(classes)
+    y = np.r_[np.arange(classes), rng.integers(0, classes, 150) ** 2 % classes]  # unbalanced
+    x = rng.normal(size=(len(y), 40)) + np.eye(classes, 40)[y] * 1.5
+    ref = LogisticRegression(tol=1e-3, max_iter=2000, warm_start=True, class_weight="balanced" if balanced else None)
+    target = (y == 1).astype(float) if classes == 2 else np.eye(classes)[y]
+    weights = None
+    if balanced:
+        counts = np.bincount(y)
+        weights = (len(y) / (classes * counts))[y]
+    warm = None
+    for c in (0.01, 0.3, 3.0):  # each C starts from the previous solution, as the C grid runs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref.set_params(C=c).fit(x, y)
+        warm = logistic_regression(x, target, c, weights, warm=warm)
+        want = np.c_[ref.coef_, ref.intercept_]
+        assert warm.shape == want.shape
+        assert np.abs(x @ warm[:, :-1].T + warm[:, -1] - (x @ want[:, :-1].T + want[:, -1])).max() < 1e-6

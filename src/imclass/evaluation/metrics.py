@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from . import scores
+
 SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
 TOP_K = (1, 3, 5)
 ECE_BINS = 15
@@ -105,8 +107,6 @@ def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[st
     """Metrics for one label per image; ``y_true``: class indices ``(N,)``, ``probs``: ``(N, C)``.
     ``known``: the model's ``known_score`` per image (rejection compares it with ``unknown_threshold``;
     default: the top probability)."""
-    from sklearn.metrics import accuracy_score, log_loss, top_k_accuracy_score
-
     if known is not None:
         known = np.asarray(known, dtype=np.float64)[valid_rows(probs)]
     y, p, out = _check(y_true, probs, classes, multi=False)
@@ -121,14 +121,14 @@ def single_label_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[st
     top_k: dict[str, float | None] = {}
     for k in TOP_K:
         if k == 1:
-            top_k["1"] = _f(accuracy_score(y, pred)) if len(y) else None
+            top_k["1"] = _f(np.mean(y == pred)) if len(y) else None
         elif k < n_cls:
-            top_k[str(k)] = _f(top_k_accuracy_score(y, p, k=k, labels=np.arange(n_cls))) if len(y) else None
+            top_k[str(k)] = _f(scores.top_k_accuracy(y, p, k)) if len(y) else None
     out["top_k_accuracy"] = top_k
     out["confidence"] = {"mean": _mean(conf), "correct": _mean(conf[correct]), "wrong": _mean(conf[~correct])}
     if len(y):
         norm = p / np.clip(p.sum(axis=1, keepdims=True), _EPS, None)
-        out["log_loss"] = _f(log_loss(y, norm, labels=np.arange(n_cls)))
+        out["log_loss"] = _f(scores.log_loss(y, norm))
     else:
         out["log_loss"] = None
     out["calibration"] = calibration(conf, correct, n_bins)
@@ -164,37 +164,19 @@ def _multi_label_rejection(probs: np.ndarray, known: np.ndarray, threshold: floa
 
 
 def _class_metrics(y: np.ndarray, pred: np.ndarray, n_cls: int, classes: list[str]) -> dict[str, Any]:
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        confusion_matrix,
-        precision_recall_fscore_support,
-    )
-
-    labels = np.arange(n_cls)
+    cm = scores.confusion_matrix(y, pred, n_cls)
     out: dict[str, Any] = {}
     if len(y):
-        import warnings
-
-        out["accuracy"] = _f(accuracy_score(y, pred))
-        with warnings.catch_warnings():  # classes absent from y_true: sklearn warns, the value is still defined
-            warnings.simplefilter("ignore", UserWarning)
-            out["balanced_accuracy"] = _f(balanced_accuracy_score(y, pred))
+        out["accuracy"] = _f(np.mean(y == pred))
+        out["balanced_accuracy"] = _f(scores.balanced_accuracy(cm))
     else:
         out["accuracy"] = out["balanced_accuracy"] = None
-    if len(y):
-        prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    else:  # nothing accepted (or nothing readable): no scores, zero support
-        prec = rec = f1 = sup = np.zeros(n_cls)
+    prec, rec, f1, sup = scores.per_class(cm)  # nothing accepted (or nothing readable): zeros, zero support
     out["per_class"] = {c: {"precision": _f(prec[i]), "recall": _f(rec[i]), "f1": _f(f1[i]), "support": int(sup[i])}
                         for i, c in enumerate(classes)}
     for avg in ("macro", "weighted"):
-        if len(y):
-            p_, r_, f_, _ = precision_recall_fscore_support(y, pred, labels=labels, average=avg, zero_division=0)
-        else:
-            p_ = r_ = f_ = None
+        p_, r_, f_ = scores.averaged(prec, rec, f1, sup, avg) if len(y) else (None, None, None)
         out[f"{avg}_avg"] = {"precision": _f(p_), "recall": _f(r_), "f1": _f(f_), "support": len(y)}
-    cm = confusion_matrix(y, pred, labels=labels) if len(y) else np.zeros((n_cls, n_cls), dtype=np.int64)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
     out["confusion_matrix"] = {"labels": list(classes), "counts": cm.astype(int).tolist(),
@@ -252,31 +234,21 @@ def label_thresholds(thresholds: float | list[float] | np.ndarray | None, n: int
 def multi_label_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], *,
                         thresholds: float | list[float] | np.ndarray | None = None) -> dict[str, Any]:
     """Metrics for any number of labels per image; ``y_true``: 0/1 ``(N, C)``, ``probs``: ``(N, C)``."""
-    from sklearn.metrics import (
-        accuracy_score,
-        average_precision_score,
-        hamming_loss,
-        precision_recall_fscore_support,
-        roc_auc_score,
-    )
-
     y, p, out = _check(y_true, probs, classes, multi=True)
     thr = label_thresholds(thresholds, len(classes))
     pred = (p >= thr).astype(np.int64)
     out["thresholds"] = [_f(t) for t in thr]
     n = len(y)
-    out["hamming_loss"] = _f(hamming_loss(y, pred)) if n else None
-    out["subset_accuracy"] = _f(accuracy_score(y, pred)) if n else None
-    if n:
-        prec, rec, f1, sup = precision_recall_fscore_support(y, pred, average=None, zero_division=0)
-    else:
-        prec = rec = f1 = sup = np.zeros(len(classes))
+    out["hamming_loss"] = _f(np.mean(y != pred)) if n else None
+    out["subset_accuracy"] = _f(np.mean((y == pred).all(axis=1))) if n else None
+    tp, predicted, sup = scores.binary_counts(y, pred)
+    prec, rec, f1 = scores.prf(tp, predicted, sup)
     per: dict[str, dict[str, Any]] = {}
     aps, aucs, skipped = [], [], []
     for i, c in enumerate(classes):
         pos = int(y[:, i].sum())
-        ap = _f(average_precision_score(y[:, i], p[:, i])) if pos > 0 else None
-        auc = _f(roc_auc_score(y[:, i], p[:, i])) if 0 < pos < n else None
+        ap = _f(scores.average_precision(y[:, i], p[:, i])) if pos > 0 else None
+        auc = _f(scores.roc_auc(y[:, i], p[:, i])) if 0 < pos < n else None
         if ap is not None:
             aps.append(ap)
         if auc is None:
@@ -287,8 +259,12 @@ def multi_label_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str
                   "average_precision": ap, "roc_auc": auc}
     out["per_class"] = per
     for avg in ("micro", "macro"):
-        p_, r_, f_, _ = (precision_recall_fscore_support(y, pred, average=avg, zero_division=0) if n
-                         else (None, None, None, None))
+        if not n:
+            p_ = r_ = f_ = None
+        elif avg == "micro":
+            p_, r_, f_ = (float(v) for v in scores.prf(tp.sum(), predicted.sum(), sup.sum()))
+        else:
+            p_, r_, f_ = float(np.mean(prec)), float(np.mean(rec)), float(np.mean(f1))
         out[f"{avg}_avg"] = {"precision": _f(p_), "recall": _f(r_), "f1": _f(f_)}
     out["micro_f1"] = out["micro_avg"]["f1"]
     out["macro_f1"] = out["macro_avg"]["f1"]

@@ -1,4 +1,5 @@
-"""A regularised logistic-regression head on frozen embeddings (scikit-learn), folded into one linear layer.
+"""A regularised logistic-regression head on frozen embeddings (NumPy + SciPy's L-BFGS, scikit-learn's objective),
+folded into one linear layer.
 
 The feature standardisation is folded into the weights, so the head is a plain ``Linear(D, K)`` that
 replaces the backbone's classifier: the trained model is a normal network, exportable and servable.
@@ -6,7 +7,6 @@ replaces the backbone's classifier: the trained model is a normal network, expor
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,16 +94,6 @@ def out_of_fold_logits(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarra
     return out
 
 
-def _lr(models: dict, key, c: float, balanced: bool, seed: int):
-    from sklearn.linear_model import LogisticRegression
-
-    if key not in models:
-        models[key] = LogisticRegression(max_iter=2000, tol=1e-3, class_weight="balanced" if balanced else None,
-                                         random_state=seed, warm_start=True)
-    models[key].set_params(C=c)
-    return models[key]
-
-
 def _fit_single(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, seed: int, models: dict):
     present = np.unique(y)
     w = np.zeros((k, x.shape[1]))
@@ -111,15 +101,17 @@ def _fit_single(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, 
     if len(present) == 1:
         b[present[0]] = 0.0
         return w, b
-    lr = _lr(models, "all", c, balanced, seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning at tiny C is harmless here
-        lr.fit(x, y)
-    if len(present) == 2:  # sklearn's binary model: one row, p(second) = sigmoid(z); softmax([0, z]) == that
-        w[present[1]], b[present[1]] = lr.coef_[0], lr.intercept_[0]
+    if len(present) == 2:  # one row, p(second) = sigmoid(z); softmax([0, z]) == that (scikit-learn's binary model)
+        coef = logistic_regression(x, (y == present[1]).astype(np.float64), c, _weights(y, balanced),
+                                   warm=models.get("all"))
+        models["all"] = coef
+        w[present[1]], b[present[1]] = coef[0, :-1], coef[0, -1]
         b[present[0]] = 0.0
     else:
-        w[lr.classes_], b[lr.classes_] = lr.coef_, lr.intercept_
+        onehot = (y[:, None] == present[None, :]).astype(np.float64)
+        coef = logistic_regression(x, onehot, c, _weights(y, balanced), warm=models.get("all"))
+        models["all"] = coef
+        w[present], b[present] = coef[:, :-1], coef[:, -1]
     return w, b
 
 
@@ -132,12 +124,62 @@ def _fit_multi(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, s
         if pos in (0.0, 1.0):  # the label is always or never on in training: a constant head
             b[j] = 30.0 if pos == 1.0 else -30.0
             continue
-        lr = _lr(models, j, c, balanced, seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            lr.fit(x, col)
-        w[j], b[j] = lr.coef_[0], lr.intercept_[0]
+        coef = logistic_regression(x, col.astype(np.float64), c, _weights(col, balanced), warm=models.get(j))
+        models[j] = coef
+        w[j], b[j] = coef[0, :-1], coef[0, -1]
     return w, b
+
+
+def _weights(y: np.ndarray, balanced: bool) -> np.ndarray | None:
+    """scikit-learn's ``class_weight="balanced"`` as sample weights: ``n / (classes * count of the class)``."""
+    if not balanced:
+        return None
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return (len(y) / (len(classes) * counts.astype(np.float64)))[inverse]
+
+
+def logistic_regression(x: np.ndarray, target: np.ndarray, c: float, sample_weight: np.ndarray | None = None, *,
+                        warm: np.ndarray | None = None, tol: float = 1e-3, max_iter: int = 2000) -> np.ndarray:
+    """L2-regularised logistic regression by SciPy's L-BFGS-B; returns ``(K, D + 1)`` (weights, then intercept).
+
+    ``target``: ``(N,)`` 0/1 (binary: one row, sigmoid) or ``(N, K)`` one-hot (multinomial: softmax over K rows).
+    The objective, its scaling and the solver's settings are scikit-learn's ``LogisticRegression(C=c,
+    solver="lbfgs", tol=tol)``: ``sum_i s_i loss_i / sum(s) + ||W||^2 / (2 c sum(s))``, the intercept not
+    penalised, starting from zeros (or ``warm``, the previous solution, as its ``warm_start``), so the solutions
+    agree (``tests/test_probe.py``) without importing scikit-learn (whose import, SciPy's statistics included,
+    was a third of a probe retrain's whole process).
+    """
+    from scipy.optimize import minimize
+
+    binary = target.ndim == 1
+    n, d = x.shape
+    k = 1 if binary else target.shape[1]
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    total = float(sw.sum())
+    l2 = 1.0 / (c * total)
+    scale = sw / total
+
+    def loss_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        coef = flat.reshape(k, d + 1)
+        z = x @ coef[:, :-1].T + coef[:, -1]
+        if binary:
+            z = z[:, 0]
+            loss = float(scale @ (np.logaddexp(0.0, z) - target * z))
+            err = (scale * (0.5 * (1.0 + np.tanh(0.5 * z)) - target))[:, None]  # sigmoid, overflow-free
+        else:
+            z = z - z.max(axis=1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            loss = float(-(scale @ (target * logp).sum(axis=1)))
+            err = scale[:, None] * (np.exp(logp) - target)
+        grad = np.empty((k, d + 1))
+        grad[:, :-1] = err.T @ x + l2 * coef[:, :-1]
+        grad[:, -1] = err.sum(axis=0)
+        return loss + 0.5 * l2 * float((coef[:, :-1] ** 2).sum()), grad.ravel()
+
+    w0 = np.zeros(k * (d + 1)) if warm is None or warm.size != k * (d + 1) else warm.ravel()
+    res = minimize(loss_grad, w0, method="L-BFGS-B", jac=True,
+                   options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps})
+    return res.x.reshape(k, d + 1)
 
 
 def logit_nll(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> float:

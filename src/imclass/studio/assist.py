@@ -280,7 +280,7 @@ def _finish_requests(db: Database, pid: int, before: float, *, probe: int | None
 def warm_up() -> None:
     """Import what retrains and the data checks use (seconds, once per worker), e.g. in a thread while the
     first images are embedded."""
-    import sklearn.linear_model  # noqa: F401
+    import scipy.optimize  # noqa: F401 (the probe head's solver)
 
     from .. import api
 

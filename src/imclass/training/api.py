@@ -89,6 +89,7 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
     log = _start_log(track, track_uri, out, ds, cfg, strategy)
     if log is not None:
         on_epoch = _both(on_epoch, log.epoch)
+    chart = None
     try:
         plan = None
         if budget_s is not None:
@@ -104,6 +105,10 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
         if trained is None:  # another process of a data-parallel run: the main one finishes and writes
             return None, TrainResult(out=None, metrics={}, config=cfg, seconds=time.perf_counter() - t0, notes=notes)
         notes += trained.notes
+        if out is not None:  # drawn while the run is finished (calibration, known-class score, bundle)
+            from .curves import CurvesInBackground
+
+            chart = CurvesInBackground(trained.history, cfg.mode, Path(out) / "curves.png")
         spec, metrics = _finish(ds, cfg, trained, notes, progress)
         seconds = time.perf_counter() - t0
         metrics["seconds"] = round(seconds, 2)
@@ -118,14 +123,16 @@ def train(data: Any, out: str | os.PathLike | None = None, *, config: TrainConfi
         if isinstance(trained.model, LightProbe):  # arrays (only with an out folder): the bundle, run from its ONNX
             trained.model.save(spec, out)
             clf = Classifier.load(out, device=cfg.device)
-            result.out = _write_run(Path(out), None, ds, cfg, result, trained)
+            result.out = _write_run(Path(out), None, ds, cfg, result, trained, chart)
         else:
             clf = Classifier(trained.model, spec, device=cfg.device, backend="torch")
             if out is not None:
-                result.out = _write_run(Path(out), clf, ds, cfg, result, trained)
+                result.out = _write_run(Path(out), clf, ds, cfg, result, trained, chart)
         if result.out is not None:
             clf.spec.source = os.fspath(result.out)
     except BaseException as e:
+        if chart is not None:
+            chart.join()  # the run failed: nothing more is written into its folder once this returns
         if log is not None:
             log.fail(e)
         raise
@@ -391,8 +398,10 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
-def _write_run(out: Path, clf, ds: Dataset, cfg: TrainConfig, result: TrainResult, trained: Trained) -> Path:
-    """The run folder: the bundle (``clf``; None: already written), metrics, config, history, splits, curves."""
+def _write_run(out: Path, clf, ds: Dataset, cfg: TrainConfig, result: TrainResult, trained: Trained,
+               chart=None) -> Path:
+    """The run folder: the bundle (``clf``; None: already written), metrics, config, history, splits, curves
+    (``chart``: the :class:`~imclass.training.curves.CurvesInBackground` drawing them, else drawn here)."""
     from .curves import plot_curves
 
     out.mkdir(parents=True, exist_ok=True)
@@ -402,5 +411,8 @@ def _write_run(out: Path, clf, ds: Dataset, cfg: TrainConfig, result: TrainResul
     write_json(out / "config.json", {**cfg.to_dict(), "dataset": ds.source})
     write_json(out / "history.json", result.history)
     ds.to_csv(out / "splits.csv")
-    plot_curves(result.history, cfg.mode, out / "curves.png")
+    if chart is not None:
+        chart.result()
+    else:
+        plot_curves(result.history, cfg.mode, out / "curves.png")
     return out
