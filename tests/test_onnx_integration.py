@@ -196,3 +196,43 @@ def test_streams_split_the_threads_and_change_nothing_but_speed(photos):
     np.testing.assert_allclose(two.predict_proba(photos), one.predict_proba(photos), atol=1e-6)
     assert [p.label for p in two.predict(photos)] == [p.label for p in one.predict(photos)]
     assert tiny("torch").backend.streams == 1
+
+
+@pytest.mark.parametrize("without_vnni", [True, False])
+def test_int8_on_an_x86_cpu_without_vnni_warns_once(without_vnni, monkeypatch, caplog):
+    """ONNX Runtime's u8s8 kernels saturate on AVX2-only CPUs: INT8 then agrees with fp32 far less than its
+    recorded parity, and the run says so (once); fp32 never warns."""
+    import logging
+
+    from imclass.engine import onnx_backend as ob
+
+    path = tiny(backend="onnx").backend.path
+    monkeypatch.setattr(ob, "x86_without_vnni", lambda: without_vnni)
+    ob._warn_saturation.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="imclass"):
+        ob.OnnxBackend(path, precision="fp32")
+        assert not [r for r in caplog.records if "VNNI" in r.getMessage()]
+        ob.OnnxBackend(path, precision="int8")
+        ob.OnnxBackend(path, precision="int8")
+    warned = [r for r in caplog.records if "VNNI" in r.getMessage()]
+    assert len(warned) == (1 if without_vnni else 0)
+
+
+def test_vnni_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    from imclass.engine import onnx_backend as ob
+
+    flags = {"avx2 fma": True, "avx2 avx512f avx512_vnni": False, "avx2 avx_vnni": False, "amx_int8 avx2": False}
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(ob, "CPUINFO", str(info))
+    monkeypatch.setattr(ob.platform, "machine", lambda: "x86_64")
+    try:
+        for line, expected in flags.items():
+            info.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {line}\n")
+            ob.x86_without_vnni.cache_clear()
+            assert ob.x86_without_vnni() is expected, line
+        monkeypatch.setattr(ob.platform, "machine", lambda: "aarch64")
+        ob.x86_without_vnni.cache_clear()
+        assert ob.x86_without_vnni() is False
+    finally:
+        monkeypatch.undo()
+        ob.x86_without_vnni.cache_clear()
