@@ -192,10 +192,9 @@ def _error_messages(table: pd.DataFrame, probs: np.ndarray, load_errors: list[st
 def _open_set_metrics(clf, data, known: np.ndarray | None, probs: np.ndarray, y: np.ndarray, task: str,
                       unknown: float | None, images_dir, batch_size, workers) -> dict[str, Any]:
     """How well ``known_score`` separates the evaluated (known-class) images from ``data`` (unseen classes)."""
-    from sklearn.metrics import roc_auc_score
-
     from ..data import Dataset
     from ..engine.sources import iter_image_paths
+    from .scores import roc_auc
 
     if known is None:
         raise ImclassError("this model has no known-class score (a multi-label model trained without one); "
@@ -215,7 +214,7 @@ def _open_set_metrics(clf, data, known: np.ndarray | None, probs: np.ndarray, y:
         "score": "known_score" if clf.spec.open_set or clf.known_rule is not None else "top probability",
         "known_images": int(len(k)), "unseen_images": int(len(u)),
         "unreadable": int(sum(e is not None for e in errs)),
-        "auroc": _f(roc_auc_score(np.r_[np.ones(len(k)), np.zeros(len(u))], np.r_[k, u])) if len(k) and len(u)
+        "auroc": _f(roc_auc(np.r_[np.ones(len(k)), np.zeros(len(u))], np.r_[k, u])) if len(k) and len(u)
         else None,
     }
     if unknown is not None:

@@ -41,7 +41,8 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
     inversely to their frequency (single-label) or positives vs negatives per label (multi-label).
     ``scale``: the features are centred, then divided by their standard deviation per dimension (``feature``)
     or by one overall deviation (``global``: better with a few labels per class, where per-dimension
-    deviations are noise that the standardisation amplifies).
+    deviations are noise that the standardisation amplifies). ``seed`` is accepted for callers of earlier
+    releases: the solver is deterministic.
     """
     if scale not in ("feature", "global"):
         raise ParameterError("scale", f"must be 'feature' or 'global', not {scale!r}")
@@ -62,7 +63,7 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
         # One BLAS thread: these products are small and memory-bound; two threads on two busy cores were
         # 2-8x slower (neu_steel, 1,770 x 1,280: 0.75 s vs 1.3-5.9 s for the whole grid).
         with threadpool_limits(1):
-            w, b = (_fit_multi if multi_label else _fit_single)(xt, y_train, c, num_classes, balanced, seed, models)
+            w, b = (_fit_multi if multi_label else _fit_single)(xt, y_train, c, num_classes, balanced, models)
         if xv is None:
             best = (0.0, c, w, b)
             break
@@ -94,7 +95,7 @@ def out_of_fold_logits(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarra
     return out
 
 
-def _fit_single(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, seed: int, models: dict):
+def _fit_single(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, models: dict):
     present = np.unique(y)
     w = np.zeros((k, x.shape[1]))
     b = np.full(k, -30.0)  # classes absent from training can never win
@@ -115,7 +116,7 @@ def _fit_single(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, 
     return w, b
 
 
-def _fit_multi(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, seed: int, models: dict):
+def _fit_multi(x: np.ndarray, y: np.ndarray, c: float, k: int, balanced: bool, models: dict):
     w = np.zeros((k, x.shape[1]))
     b = np.zeros(k)
     for j in range(k):

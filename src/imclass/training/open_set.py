@@ -136,16 +136,10 @@ def log_top_probability(logits: np.ndarray, temperature: float | None) -> np.nda
 
 
 def _auroc(known: np.ndarray, unseen: np.ndarray) -> float:
-    """P(a known row scores above an unseen one), ties counting half (Mann-Whitney; = ROC AUC)."""
-    both = np.r_[known, unseen]
-    order = np.argsort(both, kind="mergesort")
-    ranks = np.empty(len(both))
-    ranks[order] = np.arange(1, len(both) + 1)
-    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-    if (counts > 1).any():  # average ranks within ties
-        ranks = (np.bincount(inverse, weights=ranks) / counts)[inverse]
-    n1, n0 = len(known), len(unseen)
-    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    """P(a known row scores above an unseen one), ties counting half (= ROC AUC)."""
+    from ..evaluation.scores import roc_auc
+
+    return roc_auc(np.r_[np.ones(len(known)), np.zeros(len(unseen))], np.r_[known, unseen])
 
 
 def _candidates(taps: list[str], with_probability: bool) -> dict[str, tuple[str, ...]]:
